@@ -136,7 +136,7 @@ fn cobs_encode(src: &[u8], dst: &mut [u8]) -> usize {
 /// Counters of what a [`Deframer`] received.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameStats {
-    /// Frames that passed every check.
+    /// Frames that passed their COBS and CRC checks, `malformed` ones included.
     pub frames: u32,
     pub oversized: u32,
     pub truncated: u32,
