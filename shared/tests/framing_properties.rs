@@ -85,6 +85,20 @@ fn is_subsequence(sub: &[Request], all: &[Request]) -> bool {
     sub.iter().all(|s| it.any(|a| a == s))
 }
 
+/// The requests whose frames (laid end to end on the wire) contain none of the damaged byte positions.
+fn untouched(frames: &[Vec<u8>], reqs: &[Request], damaged: &[usize]) -> Vec<Request> {
+    let mut start = 0;
+    let mut intact = Vec::new();
+    for (frame, req) in frames.iter().zip(reqs) {
+        let range = start..start + frame.len();
+        start += frame.len();
+        if !damaged.iter().any(|p| range.contains(p)) {
+            intact.push(req.clone());
+        }
+    }
+    intact
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -133,12 +147,7 @@ proptest! {
         prop_assert!(is_subsequence(&ok, &reqs), "a damaged frame was delivered as valid");
 
         // Every frame none of whose bytes was hit must come through.
-        let mut start = 0;
-        let intact: Vec<Request> = frames.iter().zip(&reqs).filter_map(|(frame, req)| {
-            let range = start..start + frame.len();
-            start += frame.len();
-            (!hit_positions.iter().any(|p| range.contains(p))).then(|| req.clone())
-        }).collect();
+        let intact = untouched(&frames, &reqs, &hit_positions);
         prop_assert!(is_subsequence(&intact, &ok), "an intact frame was lost: resync took more than one frame");
     }
 
@@ -156,12 +165,7 @@ proptest! {
         let (ok, _) = decode(&kept, &splits);
         prop_assert!(is_subsequence(&ok, &reqs), "a damaged frame was delivered as valid");
 
-        let mut start = 0;
-        let intact: Vec<Request> = frames.iter().zip(&reqs).filter_map(|(frame, req)| {
-            let range = start..start + frame.len();
-            start += frame.len();
-            (!dropped.iter().any(|p| range.contains(p))).then(|| req.clone())
-        }).collect();
+        let intact = untouched(&frames, &reqs, &dropped);
         prop_assert!(is_subsequence(&intact, &ok), "an intact frame was lost: resync took more than one frame");
     }
 
