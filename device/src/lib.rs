@@ -3,10 +3,14 @@
 //! - [`link`]: frames in and out over any embedded-io byte stream (a UART, a Linux tty, a pipe).
 //! - [`server`]: answers the host's requests.
 //! - [`serial`]: opens a Linux serial port (or pseudo-terminal) as an embedded-io stream.
+//! - [`centroids`]: nearest-centroid assignment with distance and margin.
+//! - [`preprocess`]: a captured picture of any size → the model's 28×28 grey input.
 //! - [`cli`]: the `stdac-device` command line, shared by the firmware binary and `stdac device`.
 
+pub mod centroids;
 pub mod cli;
 pub mod link;
+pub mod preprocess;
 pub mod serial;
 pub mod server;
 

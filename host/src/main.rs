@@ -1,12 +1,17 @@
 //! `stdac`: the host command-line tool. One function per subcommand; the work lives in the library.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use stdac::data::{self, Source, Split};
+use stdac::kmeans::{self, KMeansConfig};
 use stdac::local_device::LocalDevice;
-use stdac::selftest;
+use stdac::metrics::{self, Contingency, Scores};
+use stdac::pca::Pca;
 use stdac::transport::{DeviceClient, LinkConfig};
+use stdac::{figures, selftest};
 use stdac_device::cli::DeviceArgs;
 
 #[derive(Parser)]
@@ -18,6 +23,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Score a clustering against true labels: prints one JSON line of n, acc, nmi, ari, homogeneity,
+    /// completeness and v_measure.
+    Metrics {
+        /// True labels, one integer per line.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Predicted clusters, one integer per line, in the same order.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Also draw the confusion matrix (after matching clusters to classes) into this PNG.
+        #[arg(long)]
+        confusion: Option<PathBuf>,
+    },
+    /// Cluster a dataset with k-means on raw features or on principal components; the last line of
+    /// output is the metrics JSON.
+    Baseline(BaselineArgs),
     /// Check a serial link end to end: hello, round trips, recovery from line noise, device counters.
     /// Without --port, against the device firmware run locally on a pseudo-terminal.
     Selftest {
@@ -44,6 +65,58 @@ enum Command {
     },
     /// Run the device firmware on this machine, serving a serial port (the same code as stdac-device).
     Device(DeviceArgs),
+}
+
+#[derive(Args)]
+struct DatasetArgs {
+    /// mnist, fashion-mnist, iris, wine, synthetic-control, or a folder of images.
+    #[arg(long)]
+    dataset: Source,
+    /// Which part: test (default for MNIST and Fashion-MNIST), train, or all (default for the others).
+    #[arg(long, value_enum)]
+    split: Option<Split>,
+    /// Use only the first N samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
+    #[arg(long, env = "STDAC_DATA")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    #[arg(long, value_enum, default_value = "kmeans")]
+    method: BaselineMethod,
+    /// Clusters (default: the number of classes).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Principal components kept by pca-kmeans.
+    #[arg(long, default_value_t = 50)]
+    components: usize,
+    /// k-means seedings; the one with the lowest inertia is kept.
+    #[arg(long, default_value_t = 10)]
+    restarts: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Write the cluster of every sample, one per line, in dataset order.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Draw the confusion matrix into this PNG.
+    #[arg(long)]
+    confusion: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BaselineMethod {
+    /// k-means on the raw features (pixels).
+    Kmeans,
+    /// k-means on the leading principal components.
+    PcaKmeans,
 }
 
 #[derive(Args)]
@@ -90,6 +163,8 @@ impl LinkArgs {
 
 fn main() {
     let result = match Cli::parse().command {
+        Command::Metrics { truth, pred, confusion } => metrics_cmd(&truth, &pred, confusion.as_deref()),
+        Command::Baseline(args) => baseline(&args),
         Command::Selftest { port, pings, link } => selftest_cmd(port, pings, &link),
         Command::Info { port } => info(&port),
         Command::Ping { port, count } => ping(&port, count),
@@ -99,6 +174,75 @@ fn main() {
         eprintln!("stdac: error: {error:#}");
         std::process::exit(1);
     }
+}
+
+fn metrics_cmd(
+    truth: &std::path::Path,
+    pred: &std::path::Path,
+    confusion: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let (t, p) = (metrics::read_label_file(truth)?, metrics::read_label_file(pred)?);
+    ensure!(
+        t.len() == p.len(),
+        "{} holds {} labels but {} holds {}: one prediction per sample, in the same order",
+        truth.display(),
+        t.len(),
+        pred.display(),
+        p.len()
+    );
+    let contingency = Contingency::new(&t, &p);
+    if let Some(png) = confusion {
+        figures::confusion_matrix(&contingency, &[], "confusion matrix", png)?;
+    }
+    println!("{}", Scores::from_contingency(&contingency).to_json());
+    Ok(())
+}
+
+fn baseline(args: &BaselineArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    }
+    let d = &args.dataset;
+    let dataset = data::load(&d.dataset, d.split, d.limit, d.data.as_deref())?;
+    let labels = dataset
+        .labels
+        .as_ref()
+        .with_context(|| format!("{} has no labels to score against", dataset.name))?;
+    let k = args.k.unwrap_or(dataset.class_names.len());
+    ensure!(k >= 1 && k <= dataset.len(), "--k {k} needs between 1 and {} (the samples)", dataset.len());
+    let started = Instant::now();
+    let (features, dim, method) = match args.method {
+        BaselineMethod::Kmeans => (dataset.features.clone(), dataset.dim, "kmeans".to_string()),
+        BaselineMethod::PcaKmeans => {
+            let m = args.components.min(dataset.dim);
+            let pca = Pca::fit(&dataset.features, dataset.dim, m);
+            (pca.transform(&dataset.features), m, format!("pca({m})-kmeans"))
+        }
+    };
+    let config = KMeansConfig { restarts: args.restarts, seed: args.seed, ..KMeansConfig::new(k) };
+    let fit = kmeans::fit(&features, dim, &config);
+    let pred: Vec<i64> = fit.labels.iter().map(|&l| l as i64).collect();
+    let contingency = Contingency::new(labels, &pred);
+    println!(
+        "{method} on {} ({} × {}), k = {k}, {} restarts: inertia {:.6e}, {} iterations, {:.2} s",
+        dataset.name,
+        dataset.len(),
+        dataset.dim,
+        args.restarts,
+        fit.inertia,
+        fit.iterations,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.predictions {
+        let text: String = pred.iter().map(|p| format!("{p}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(png) = &args.confusion {
+        let title = format!("{method} on {}", dataset.name);
+        figures::confusion_matrix(&contingency, &dataset.class_names, &title, png)?;
+    }
+    println!("{}", Scores::from_contingency(&contingency).to_json());
+    Ok(())
 }
 
 fn selftest_cmd(port: Option<String>, pings: u32, link: &LinkArgs) -> anyhow::Result<()> {
