@@ -10,6 +10,11 @@ use stdac::kmeans::{self, KMeansConfig};
 use stdac::local_device::LocalDevice;
 use stdac::metrics::{self, Contingency, Scores};
 use stdac::pca::Pca;
+use stdac::run::RunDir;
+use stdac::st_dac::augment::Augmentation;
+use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
+use stdac::st_dac::train::{self as st_dac_train, Protocol, TrainConfig};
+use stdac::st_dac::{StDacConfig, StnPosition};
 use stdac::transport::{DeviceClient, LinkConfig};
 use stdac::{figures, selftest};
 use stdac_device::cli::DeviceArgs;
@@ -39,6 +44,9 @@ enum Command {
     /// Cluster a dataset with k-means on raw features or on principal components; the last line of
     /// output is the metrics JSON.
     Baseline(BaselineArgs),
+    /// Train a clustering model; checkpoints every epoch into --out and resumes from there when
+    /// interrupted.
+    Train(Box<TrainArgs>),
     /// Check a serial link end to end: hello, round trips, recovery from line noise, device counters.
     /// Without --port, against the device firmware run locally on a pseudo-terminal.
     Selftest {
@@ -111,6 +119,74 @@ struct BaselineArgs {
     confusion: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "st-dac")]
+    model: ModelKind,
+    /// Spatial transformers, comma-separated: input, block2, block3 (none by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    stn: Vec<StnPosition>,
+    /// mnist or fashion-mnist.
+    #[arg(long)]
+    dataset: String,
+    /// held-out: train on train, score on test. transductive: train on train + test, as the authors did.
+    #[arg(long, value_enum, default_value = "held-out")]
+    protocol: Protocol,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// DAC* pair selection: code (the authors' code), text (the dissertation's text) or learned (DAC's λ).
+    #[arg(long, value_enum, default_value = "code")]
+    selection: Selection,
+    /// Starting upper threshold (default 0.99).
+    #[arg(long)]
+    upper: Option<f64>,
+    /// Starting lower threshold (default: code 0.8 for MNIST, 0.9 for Fashion-MNIST; text the reverse).
+    #[arg(long)]
+    lower: Option<f64>,
+    /// Epochs over which the thresholds move.
+    #[arg(long, default_value_t = 10)]
+    schedule_epochs: usize,
+    /// Step of the learned λ per iteration.
+    #[arg(long, default_value_t = 0.009)]
+    eta: f64,
+    /// Weight of the outputs' cross-entropy toward their clean predictions (default: 10 with code, else 0).
+    #[arg(long)]
+    self_weight: Option<f64>,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Train without augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Leave out the tanh on the localization nets' last layer.
+    #[arg(long)]
+    no_stn_tanh: bool,
+    /// Width of the wide dense layer.
+    #[arg(long, default_value_t = 3096)]
+    dense_width: usize,
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    /// Run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
+    #[arg(long, env = "STDAC_DATA")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelKind {
+    /// Deep adaptive clustering with spatial transformers.
+    StDac,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum BaselineMethod {
     /// k-means on the raw features (pixels).
@@ -165,6 +241,7 @@ fn main() {
     let result = match Cli::parse().command {
         Command::Metrics { truth, pred, confusion } => metrics_cmd(&truth, &pred, confusion.as_deref()),
         Command::Baseline(args) => baseline(&args),
+        Command::Train(args) => train(&args),
         Command::Selftest { port, pings, link } => selftest_cmd(port, pings, &link),
         Command::Info { port } => info(&port),
         Command::Ping { port, count } => ping(&port, count),
@@ -242,6 +319,52 @@ fn baseline(args: &BaselineArgs) -> anyhow::Result<()> {
         figures::confusion_matrix(&contingency, &dataset.class_names, &title, png)?;
     }
     println!("{}", Scores::from_contingency(&contingency).to_json());
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let ModelKind::StDac = args.model;
+    let fashion = args.dataset == "fashion-mnist";
+    let (default_lower, augmentation) = match (fashion, args.selection) {
+        (false, Selection::Text) => (0.9, Augmentation::MNIST),
+        (false, _) => (0.8, Augmentation::MNIST),
+        (true, Selection::Text) => (0.8, Augmentation::FASHION_MNIST),
+        (true, _) => (0.9, Augmentation::FASHION_MNIST),
+    };
+    let schedule = Schedule {
+        selection: args.selection,
+        start: Thresholds { upper: args.upper.unwrap_or(0.99), lower: args.lower.unwrap_or(default_lower) },
+        epochs: args.schedule_epochs,
+        eta: args.eta,
+    };
+    ensure!(schedule.start.lower <= schedule.start.upper, "--lower must not exceed --upper");
+    ensure!(args.batch >= 2, "--batch must be at least 2: DAC* learns from pairs");
+    let self_weight = args.self_weight.unwrap_or(if args.selection == Selection::Code { 10.0 } else { 0.0 });
+    let model = StDacConfig::new()
+        .with_stn(args.stn.clone())
+        .with_stn_tanh(!args.no_stn_tanh)
+        .with_dense_width(args.dense_width)
+        .with_clusters(args.clusters);
+    let config = TrainConfig::new(
+        model,
+        args.dataset.clone(),
+        args.protocol,
+        args.epochs,
+        args.batch,
+        schedule,
+        self_weight,
+        if args.no_augment { Augmentation::NONE } else { augmentation },
+    )
+    .with_limit(args.limit)
+    .with_lr(args.lr)
+    .with_seed(args.seed);
+    let run = RunDir::open(&args.out, &serde_json::to_string_pretty(&config)?)?;
+    st_dac_train::train(&config, &run, args.data.as_deref())?;
+    println!(
+        "trained: {} (evaluate with `stdac eval --checkpoint {}`)",
+        run.path().display(),
+        run.path().display()
+    );
     Ok(())
 }
 

@@ -1,0 +1,16 @@
+//! ST-DAC: Deep Adaptive Clustering (DAC*, Chang et al. 2017) with spatial transformers, after the
+//! ST-DAC dissertation.
+//!
+//! - [`model`]: the network and DAC's constraint layer.
+//! - [`augment`]: random affine augmentation through the transformer's sampler.
+//! - [`loss`]: DAC*'s pair selection and loss.
+//! - [`stn`]: the spatial transformer.
+//! - [`train`]: the DAC* training loop, evaluation and checkpoints.
+
+pub mod augment;
+pub mod loss;
+pub mod model;
+pub mod stn;
+pub mod train;
+
+pub use model::{StDac, StDacConfig, StDacOutput, StnPosition};
