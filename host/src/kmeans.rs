@@ -159,13 +159,8 @@ struct Totals {
 }
 
 /// Assigns every point to its nearest centre: labels, squared distances, and per-cluster sums.
-fn assign(
-    data: &[f32],
-    dim: usize,
-    centres: &Centroids,
-    labels: &mut [usize],
-    dist_sq: &mut [f32],
-) -> Totals {
+fn assign(data: &[f32], dim: usize, centres: &[f32], labels: &mut [usize], dist_sq: &mut [f32]) -> Totals {
+    let centres = Centroids::new(centres.to_vec(), dim, Metric::Euclidean);
     let k = centres.k();
     let partials: Vec<Partial> = data
         .par_chunks(dim * BLOCK)
@@ -206,13 +201,7 @@ pub fn lloyd(data: &[f32], dim: usize, init: Vec<f32>, max_iter: usize, tol: f64
     let mut iterations = 0;
     while iterations < max_iter {
         iterations += 1;
-        let step = assign(
-            data,
-            dim,
-            &Centroids::new(centres.clone(), dim, Metric::Euclidean),
-            &mut labels,
-            &mut dist_sq,
-        );
+        let step = assign(data, dim, &centres, &mut labels, &mut dist_sq);
         if labels == previous {
             break; // strict convergence: nothing moved
         }
@@ -245,13 +234,7 @@ pub fn lloyd(data: &[f32], dim: usize, init: Vec<f32>, max_iter: usize, tol: f64
         }
     }
     // Labels and inertia of the final centres.
-    let step = assign(
-        data,
-        dim,
-        &Centroids::new(centres.clone(), dim, Metric::Euclidean),
-        &mut labels,
-        &mut dist_sq,
-    );
+    let step = assign(data, dim, &centres, &mut labels, &mut dist_sq);
     KMeansFit { dim, centroids: centres, labels, inertia: step.inertia, iterations }
 }
 
