@@ -12,6 +12,7 @@ use stdac::metrics::{self, Contingency, Scores};
 use stdac::pca::Pca;
 use stdac::run::RunDir;
 use stdac::st_dac::augment::Augmentation;
+use stdac::st_dac::eval as st_dac_eval;
 use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
 use stdac::st_dac::train::{self as st_dac_train, Protocol, TrainConfig};
 use stdac::st_dac::{StDacConfig, StnPosition};
@@ -47,6 +48,20 @@ enum Command {
     /// Train a clustering model; checkpoints every epoch into --out and resumes from there when
     /// interrupted.
     Train(Box<TrainArgs>),
+    /// Score a trained run's newest checkpoint on its evaluation images and draw its figures (confusion
+    /// matrix, training curves, samples per cluster, STN view) into the run folder; the last line of
+    /// output is the metrics JSON.
+    Eval {
+        /// Run folder (the --out of `stdac train`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Score only the first N images (default: as many as the run was trained with).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
+        #[arg(long, env = "STDAC_DATA")]
+        data: Option<PathBuf>,
+    },
     /// Check a serial link end to end: hello, round trips, recovery from line noise, device counters.
     /// Without --port, against the device firmware run locally on a pseudo-terminal.
     Selftest {
@@ -242,6 +257,7 @@ fn main() {
         Command::Metrics { truth, pred, confusion } => metrics_cmd(&truth, &pred, confusion.as_deref()),
         Command::Baseline(args) => baseline(&args),
         Command::Train(args) => train(&args),
+        Command::Eval { checkpoint, limit, data } => eval(&checkpoint, limit, data.as_deref()),
         Command::Selftest { port, pings, link } => selftest_cmd(port, pings, &link),
         Command::Info { port } => info(&port),
         Command::Ping { port, count } => ping(&port, count),
@@ -365,6 +381,30 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         run.path().display(),
         run.path().display()
     );
+    Ok(())
+}
+
+fn eval(
+    checkpoint: &std::path::Path,
+    limit: Option<usize>,
+    data: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let run = RunDir::existing(checkpoint)?;
+    let evaluation = st_dac_eval::evaluate(&run, data, limit)?;
+    println!(
+        "{} after {} epochs on {}: ACC {:.4}, NMI {:.4}, ARI {:.4}; outputs unit-length within {:.1e}",
+        checkpoint.display(),
+        evaluation.epochs,
+        evaluation.dataset,
+        evaluation.scores.acc,
+        evaluation.scores.nmi,
+        evaluation.scores.ari,
+        evaluation.max_norm_error
+    );
+    for path in &evaluation.written {
+        println!("wrote {}", path.display());
+    }
+    println!("{}", evaluation.scores.to_json());
     Ok(())
 }
 

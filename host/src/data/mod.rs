@@ -57,6 +57,25 @@ impl Dataset {
         }
     }
 
+    /// Appends `other`'s samples (same features, same classes), e.g. a test split after its training
+    /// split; the name becomes `a+b`.
+    pub fn append(&mut self, other: Dataset) {
+        assert_eq!(
+            (self.dim, &self.class_names),
+            (other.dim, &other.class_names),
+            "appending unlike datasets"
+        );
+        self.name = format!("{}+{}", self.name, other.name);
+        self.features.extend(other.features);
+        self.labels = match (self.labels.take(), other.labels) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+            _ => None,
+        };
+    }
+
     /// Rescales every column to mean 0 and standard deviation 1 (population); constant columns become 0.
     pub fn zscore(&mut self) {
         let (n, dim) = (self.len(), self.dim);

@@ -5,9 +5,11 @@
 //! - [`augment`]: random affine augmentation through the transformer's sampler.
 //! - [`loss`]: DAC*'s pair selection and loss.
 //! - [`stn`]: the spatial transformer.
-//! - [`train`]: the DAC* training loop, evaluation and checkpoints.
+//! - [`train`]: the DAC* training loop, prediction and checkpoints.
+//! - [`eval`]: scores and figures of a trained run.
 
 pub mod augment;
+pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod stn;

@@ -13,13 +13,13 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::augment::Augmentation;
-use super::loss::{pair_loss, Schedule};
+use super::loss::{pair_loss, Schedule, Thresholds};
 use super::model::{StDac, StDacConfig};
 use crate::backend::{self, Backend, TrainBackend};
 use crate::data::{self, Dataset, Source, Split};
@@ -60,18 +60,22 @@ impl TrainConfig {
         self.dataset.parse().map_err(anyhow::Error::msg)
     }
 
-    fn splits(&self) -> (Split, Split) {
-        match self.protocol {
-            Protocol::HeldOut => (Split::Train, Split::Test),
-            Protocol::Transductive => (Split::All, Split::Test),
+    /// The images trained on: the training split (its first `limit`), plus the test split's when
+    /// transductive.
+    pub fn training_images(&self, data: Option<&Path>) -> anyhow::Result<Dataset> {
+        let mut images = load_images(self, Split::Train, data)?;
+        if self.protocol == Protocol::Transductive {
+            images.append(load_images(self, Split::Test, data)?);
         }
+        Ok(images)
     }
 
-    /// The images scored by `stdac eval`: the test split when held out, everything when transductive.
-    pub fn final_split(&self) -> Split {
+    /// The images scored after every epoch and by `stdac eval`: the test split (its first `limit`) when
+    /// held out, every image trained on when transductive.
+    pub fn scored_images(&self, data: Option<&Path>) -> anyhow::Result<Dataset> {
         match self.protocol {
-            Protocol::HeldOut => Split::Test,
-            Protocol::Transductive => Split::All,
+            Protocol::HeldOut => load_images(self, Split::Test, data),
+            Protocol::Transductive => self.training_images(data),
         }
     }
 }
@@ -95,7 +99,7 @@ fn load_images(config: &TrainConfig, split: Split, data: Option<&Path>) -> anyho
     Ok(dataset)
 }
 
-fn batch_tensor<B: burn::tensor::backend::Backend>(
+pub fn batch_tensor<B: burn::tensor::backend::Backend>(
     d: &Dataset,
     rows: &[usize],
     device: &B::Device,
@@ -107,38 +111,83 @@ fn batch_tensor<B: burn::tensor::backend::Backend>(
     Tensor::from_data(TensorData::new(pixels, [rows.len(), 1, 28, 28]), device)
 }
 
-/// Cluster (argmax) and embedding of every image, in evaluation mode (BatchNorm running statistics,
-/// no dropout), in batches of 256.
-pub fn predict(model: &StDac<Backend>, d: &Dataset, device: &backend::Device) -> (Vec<usize>, Vec<f32>) {
-    let (mut clusters, mut embeddings) = (Vec::with_capacity(d.len()), Vec::new());
+/// What the network says about every image of a dataset.
+pub struct Predictions {
+    /// The largest entry of each output: the cluster.
+    pub clusters: Vec<usize>,
+    /// The outputs, `len × k`, row-major.
+    pub embeddings: Vec<f32>,
+    /// The images after the input transformer, `len × 784`, when asked for and the model has one.
+    pub corrected: Option<Vec<f32>>,
+}
+
+/// Runs `model` over every image of `d` in evaluation mode (BatchNorm running statistics, no dropout),
+/// in batches of 256.
+pub fn predict(
+    model: &StDac<Backend>,
+    d: &Dataset,
+    keep_corrected: bool,
+    device: &backend::Device,
+) -> Predictions {
+    let mut p =
+        Predictions { clusters: Vec::with_capacity(d.len()), embeddings: Vec::new(), corrected: None };
     let rows: Vec<usize> = (0..d.len()).collect();
     for chunk in rows.chunks(256) {
-        let out = model.forward(batch_tensor(d, chunk, device)).embedding;
-        let k = out.dims()[1];
-        let values: Vec<f32> = out.into_data().to_vec().expect("f32 embeddings");
+        let out = model.forward(batch_tensor(d, chunk, device));
+        let k = out.embedding.dims()[1];
+        let values: Vec<f32> = out.embedding.into_data().to_vec().expect("f32 embeddings");
         for row in values.chunks(k) {
             let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
-            clusters.push(best);
+            p.clusters.push(best);
         }
-        embeddings.extend(values);
+        p.embeddings.extend(values);
+        if let (true, Some(images)) = (keep_corrected, out.corrected) {
+            let pixels: Vec<f32> = images.into_data().to_vec().expect("f32 images");
+            p.corrected.get_or_insert_with(Vec::new).extend(pixels);
+        }
     }
-    (clusters, embeddings)
+    p
 }
 
 /// Scores of `model` on `d` (which must be labelled).
 pub fn score(model: &StDac<Backend>, d: &Dataset, device: &backend::Device) -> anyhow::Result<Scores> {
     let labels = d.labels.as_ref().with_context(|| format!("{} has no labels to score against", d.name))?;
-    let (clusters, _) = predict(model, d, device);
-    let pred: Vec<i64> = clusters.iter().map(|&c| c as i64).collect();
+    let pred: Vec<i64> = predict(model, d, false, device).clusters.iter().map(|&c| c as i64).collect();
     Ok(Scores::of(labels, &pred))
+}
+
+/// What one training step measured.
+pub struct Step {
+    pub loss: f64,
+    /// Fraction of pairs that carried a label.
+    pub selected: f64,
+}
+
+/// One DAC* step on a batch of clean images: label pairs from the model's own predictions on them
+/// (before the step, in evaluation mode), then one optimizer step on the pair loss of its outputs for
+/// augmented copies. The benchmark times exactly this.
+pub fn train_step<O: Optimizer<StDac<TrainBackend>, TrainBackend>>(
+    model: StDac<TrainBackend>,
+    optimizer: &mut O,
+    clean: Tensor<Backend, 4>,
+    config: &TrainConfig,
+    thresholds: Thresholds,
+    rng: &mut impl Rng,
+) -> (StDac<TrainBackend>, Step) {
+    let targets = model.valid().forward(clean.clone()).embedding;
+    let augmented = config.augmentation.apply(clean, rng);
+    let outputs = model.forward(Tensor::from_inner(augmented)).embedding;
+    let pairs = pair_loss(outputs, Tensor::from_inner(targets), thresholds, config.self_weight);
+    let loss: f64 = pairs.loss.clone().into_scalar().elem();
+    let grads = GradientsParams::from_grads(pairs.loss.backward(), &model);
+    (optimizer.step(config.lr, model, grads), Step { loss, selected: pairs.selected })
 }
 
 /// Trains (or resumes) the run in `run`.
 pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow::Result<()> {
     let device = backend::device()?;
-    let (train_split, eval_split) = config.splits();
-    let train_set = load_images(config, train_split, data)?;
-    let eval_set = load_images(config, eval_split, data)?;
+    let train_set = config.training_images(data)?;
+    let eval_set = config.scored_images(data)?;
 
     let mut model: StDac<TrainBackend> = config.model.init(&device);
     let mut optimizer = AdamConfig::new().init::<TrainBackend, StDac<TrainBackend>>();
@@ -187,20 +236,17 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("valid template"),
         );
         let (mut loss_sum, mut selected_sum, mut seen) = (0.0, 0.0, 0usize);
+        let mut batch_losses = Vec::with_capacity(batches.len());
         let mut thresholds = config.schedule.thresholds(epoch, state.lambda);
         for (b, rows) in batches.iter().enumerate() {
             thresholds = config.schedule.thresholds(epoch, state.lambda);
             let clean = batch_tensor::<Backend>(&train_set, rows, &device);
-            // Labels from the predictions on the clean images, before the step, in evaluation mode.
-            let targets = model.valid().forward(clean.clone()).embedding;
-            let augmented = config.augmentation.apply(clean, &mut rng);
-            let outputs = model.forward(Tensor::from_inner(augmented)).embedding;
-            let step = pair_loss(outputs, Tensor::from_inner(targets), thresholds, config.self_weight);
-            let loss_value: f64 = step.loss.clone().into_scalar().elem();
-            let grads = GradientsParams::from_grads(step.loss.backward(), &model);
-            model = optimizer.step(config.lr, model, grads);
+            let step;
+            (model, step) = train_step(model, &mut optimizer, clean, config, thresholds, &mut rng);
+            let loss_value = step.loss;
             state.lambda = config.schedule.step_lambda(state.lambda);
 
+            batch_losses.push(loss_value);
             loss_sum += loss_value * rows.len() as f64;
             selected_sum += step.selected * rows.len() as f64;
             seen += rows.len();
@@ -220,6 +266,9 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
         let record = json!({
             "epoch": epoch + 1,
             "loss": loss_sum / seen.max(1) as f64,
+            // Whether the loss falls within the epoch, for runs too short to compare epochs.
+            "loss_first_quarter": quarter_mean(&batch_losses, false),
+            "loss_last_quarter": quarter_mean(&batch_losses, true),
             "selected": selected_sum / seen.max(1) as f64,
             "upper": thresholds.upper,
             "lower": thresholds.lower,
@@ -241,6 +290,13 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
         })?;
     }
     Ok(())
+}
+
+/// Mean of the first (or last) quarter of `values`, at least one of them; NaN when there are none.
+fn quarter_mean(values: &[f64], last: bool) -> f64 {
+    let n = values.len().div_ceil(4);
+    let part = if last { &values[values.len() - n..] } else { &values[..n] };
+    part.iter().sum::<f64>() / n as f64
 }
 
 /// The model of a run's latest checkpoint, ready for evaluation.
