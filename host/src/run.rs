@@ -5,7 +5,8 @@
 //!   config.json        the full training configuration (model, schedule, data, seed)
 //!   metrics.jsonl      one JSON object per finished epoch
 //!   LATEST             name of the newest complete checkpoint folder
-//!   checkpoint-0003/   model.mpk, optimizer.mpk, state.json (written whole before LATEST points at it)
+//!   checkpoint-0003/   model.mpk, optimizer.mpk, config.json, state.json (written whole before LATEST
+//!                      points at it)
 //! ```
 //!
 //! A checkpoint is written into a fresh folder and only then named in `LATEST` (itself replaced by an

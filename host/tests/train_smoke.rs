@@ -1,7 +1,8 @@
 //! A small CPU training run on real MNIST images, as CI can afford: the loss falls within the first epoch
-//! and from one epoch to the next, the scores are recorded every epoch, a checkpoint is written, running
-//! the same command again resumes instead of starting over, and `stdac eval` scores the checkpoint, draws
-//! its figures, and finds every output a unit, non-negative vector.
+//! and from one epoch to the next, the scores are recorded every epoch, a checkpoint is written with its
+//! configuration, running the same command again resumes instead of starting over, a second run with the
+//! same seed repeats the first exactly, and `stdac eval` scores the checkpoint, draws its figures, and
+//! finds every output a unit, non-negative vector.
 
 use std::process::Command;
 
@@ -31,7 +32,7 @@ fn train(out: &str) -> std::process::Output {
 }
 
 #[test]
-fn a_small_run_learns_records_checkpoints_resumes_and_evaluates() {
+fn a_small_run_learns_records_checkpoints_resumes_repeats_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let out = out.to_str().unwrap();
@@ -52,7 +53,11 @@ fn a_small_run_learns_records_checkpoints_resumes_and_evaluates() {
         assert!((0.0..=1.0).contains(&acc) && e["nmi"].is_f64() && e["ari"].is_f64(), "{e}");
     }
     let latest = std::fs::read_to_string(dir.path().join("run/LATEST")).unwrap();
-    assert!(dir.path().join("run").join(latest.trim()).join("model.mpk").is_file());
+    let checkpoint = dir.path().join("run").join(latest.trim());
+    assert!(checkpoint.join("model.mpk").is_file());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["model"]["stn"], serde_json::json!(["Input"]), "the configuration is saved with it");
 
     let again = train(out);
     assert!(again.status.success());
@@ -61,6 +66,21 @@ fn a_small_run_learns_records_checkpoints_resumes_and_evaluates() {
         "the finished run is picked up, not redone"
     );
     assert_eq!(std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap(), text);
+
+    // Same seed, same run: every record matches but for the timings.
+    let out2 = dir.path().join("run2");
+    assert!(train(out2.to_str().unwrap()).status.success());
+    let untimed = |text: &str| -> Vec<serde_json::Value> {
+        let mut records: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for r in &mut records {
+            let fields = r.as_object_mut().unwrap();
+            fields.remove("images_per_s");
+            fields.remove("train_seconds");
+        }
+        records
+    };
+    assert_eq!(untimed(&std::fs::read_to_string(out2.join("metrics.jsonl")).unwrap()), untimed(&text));
 
     let eval = stdac(&["eval", "--checkpoint", out]);
     assert!(eval.status.success(), "stderr: {}", String::from_utf8_lossy(&eval.stderr));

@@ -85,6 +85,8 @@ pub struct PairLoss<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Share of the batch's pairs that were labelled.
     pub selected: f64,
+    /// Share of the batch's pairs labelled "same cluster".
+    pub positive: f64,
 }
 
 const EPS: f64 = 1e-7;
@@ -102,9 +104,9 @@ pub fn pair_loss<B: Backend>(
     let target_similarity = targets.clone().matmul(targets.clone().transpose());
     let positive = target_similarity.clone().greater_elem(thresholds.upper).float();
     let negative = target_similarity.lower_equal_elem(thresholds.lower).float();
-    let labelled = positive.clone() + negative.clone();
-    let count = labelled.clone().sum();
     let pairs = (outputs.dims()[0] * outputs.dims()[0]) as f64;
+    let positive_share = positive.clone().sum().into_scalar().elem::<f64>() / pairs;
+    let count = (positive.clone() + negative.clone()).sum();
     let selected = count.clone().into_scalar().elem::<f64>() / pairs;
 
     let bce = -(positive * similarity.clone().log() + negative * (similarity.neg() + 1.0).log());
@@ -114,7 +116,7 @@ pub fn pair_loss<B: Backend>(
         let own = -(targets.clone() * out.clone().log() + (targets.neg() + 1.0) * (out.neg() + 1.0).log());
         loss = loss + own.mean() * self_weight;
     }
-    PairLoss { loss, selected }
+    PairLoss { loss, selected, positive: positive_share }
 }
 
 #[cfg(test)]
@@ -172,7 +174,7 @@ mod tests {
         // All four pairs are positive; the diagonal costs −ln(1 − ε) ≈ 0, the off-diagonal −ln 0.5 each.
         let expected = 2.0 * 2.0f64.ln() / 4.0;
         assert!((l.loss.into_scalar() as f64 - expected).abs() < 1e-5);
-        assert_eq!(l.selected, 1.0);
+        assert_eq!((l.selected, l.positive), (1.0, 1.0));
     }
 
     #[test]
@@ -183,5 +185,6 @@ mod tests {
         let l = pair_loss(v.clone(), v, Thresholds { upper: 0.9, lower: 0.3 }, 0.0);
         // The diagonal (1.0) is positive, the off-diagonal pair (0.5) in between: 2 of 4 labelled.
         assert_eq!(l.selected, 0.5);
+        assert_eq!(l.positive, 0.5);
     }
 }

@@ -110,6 +110,12 @@ impl StDacConfig {
 impl<B: Backend> StDac<B> {
     /// `images`: [N, 1, 28, 28], pixels in [0, 1].
     pub fn forward(&self, images: Tensor<B, 4>) -> StDacOutput<B> {
+        self.forward_with(images, true)
+    }
+
+    /// As [`forward`](Self::forward), leaving out dropout when `dropout` is false (for DAC*'s targets,
+    /// which take the batch's own BatchNorm statistics but no dropout).
+    pub fn forward_with(&self, images: Tensor<B, 4>, dropout: bool) -> StDacOutput<B> {
         let (x, theta, corrected) = match &self.stn_input {
             Some(stn) => {
                 let (x, theta) = stn.forward(images);
@@ -129,7 +135,8 @@ impl<B: Backend> StDac<B> {
             x = stn.forward(x).0;
         }
         let x = relu(self.bn_dense.forward(self.dense.forward(x.flatten(1, 3)))); // [N, width]
-        let logits = self.head.forward(self.dropout.forward(x)); // [N, k]
+        let x = if dropout { self.dropout.forward(x) } else { x };
+        let logits = self.head.forward(x); // [N, k]
         StDacOutput { embedding: constraint(logits), theta, corrected }
     }
 }

@@ -161,11 +161,20 @@ pub struct Step {
     pub loss: f64,
     /// Fraction of pairs that carried a label.
     pub selected: f64,
+    /// Fraction of pairs labelled "same cluster" (about 1/k when the clusters are balanced; near 1 is a
+    /// collapse).
+    pub positive: f64,
 }
 
 /// One DAC* step on a batch of clean images: label pairs from the model's own predictions on them
-/// (before the step, in evaluation mode), then one optimizer step on the pair loss of its outputs for
-/// augmented copies. The benchmark times exactly this.
+/// (before the step), then one optimizer step on the pair loss of its outputs for augmented copies.
+/// The benchmark times exactly this.
+///
+/// The targets are computed as the authors' code did, with BatchNorm on the batch's own statistics (and
+/// no dropout), not on the running statistics: those start as the identity, which makes every output
+/// of a new network nearly the same, labels every pair "same cluster", and collapses training into one
+/// or two clusters (measured: models/RESULTS.md). This forward pass also moves the running statistics
+/// toward the clean images, which are what evaluation sees.
 pub fn train_step<O: Optimizer<StDac<TrainBackend>, TrainBackend>>(
     model: StDac<TrainBackend>,
     optimizer: &mut O,
@@ -174,13 +183,16 @@ pub fn train_step<O: Optimizer<StDac<TrainBackend>, TrainBackend>>(
     thresholds: Thresholds,
     rng: &mut impl Rng,
 ) -> (StDac<TrainBackend>, Step) {
-    let targets = model.valid().forward(clean.clone()).embedding;
+    let targets = model.forward_with(Tensor::from_inner(clean.clone()), false).embedding.detach();
     let augmented = config.augmentation.apply(clean, rng);
     let outputs = model.forward(Tensor::from_inner(augmented)).embedding;
-    let pairs = pair_loss(outputs, Tensor::from_inner(targets), thresholds, config.self_weight);
+    let pairs = pair_loss(outputs, targets, thresholds, config.self_weight);
     let loss: f64 = pairs.loss.clone().into_scalar().elem();
     let grads = GradientsParams::from_grads(pairs.loss.backward(), &model);
-    (optimizer.step(config.lr, model, grads), Step { loss, selected: pairs.selected })
+    (
+        optimizer.step(config.lr, model, grads),
+        Step { loss, selected: pairs.selected, positive: pairs.positive },
+    )
 }
 
 /// Trains (or resumes) the run in `run`.
@@ -189,6 +201,8 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
     let train_set = config.training_images(data)?;
     let eval_set = config.scored_images(data)?;
 
+    // burn draws initial weights and dropout masks from the backend's own generator: seed it too.
+    <TrainBackend as burn::tensor::backend::Backend>::seed(&device, config.seed);
     let mut model: StDac<TrainBackend> = config.model.init(&device);
     let mut optimizer = AdamConfig::new().init::<TrainBackend, StDac<TrainBackend>>();
     let mut state = State { epochs_done: 0, lambda: 0.0 };
@@ -221,8 +235,11 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             break;
         }
         let started = Instant::now();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Each epoch's randomness (order, augmentation, dropout) depends only on the seed and the epoch,
+        // so a resumed run draws what an uninterrupted one would have.
+        let epoch_seed = config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, epoch_seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut rng);
         let batches: Vec<&[usize]> = order.chunks(config.batch).filter(|b| b.len() >= 2).collect();
@@ -235,7 +252,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
         progress.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("valid template"),
         );
-        let (mut loss_sum, mut selected_sum, mut seen) = (0.0, 0.0, 0usize);
+        let (mut loss_sum, mut selected_sum, mut positive_sum, mut seen) = (0.0, 0.0, 0.0, 0usize);
         let mut batch_losses = Vec::with_capacity(batches.len());
         let mut thresholds = config.schedule.thresholds(epoch, state.lambda);
         for (b, rows) in batches.iter().enumerate() {
@@ -249,12 +266,14 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             batch_losses.push(loss_value);
             loss_sum += loss_value * rows.len() as f64;
             selected_sum += step.selected * rows.len() as f64;
+            positive_sum += step.positive * rows.len() as f64;
             seen += rows.len();
             progress.set_position(b as u64 + 1);
             progress.set_message(format!(
-                "loss {:.4} selected {:.1}% u/l {:.3}/{:.3} {:.0} img/s",
+                "loss {:.4} selected {:.1}% positive {:.1}% u/l {:.3}/{:.3} {:.0} img/s",
                 loss_sum / seen as f64,
                 100.0 * selected_sum / seen as f64,
+                100.0 * positive_sum / seen as f64,
                 thresholds.upper,
                 thresholds.lower,
                 seen as f64 / started.elapsed().as_secs_f64()
@@ -270,6 +289,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             "loss_first_quarter": quarter_mean(&batch_losses, false),
             "loss_last_quarter": quarter_mean(&batch_losses, true),
             "selected": selected_sum / seen.max(1) as f64,
+            "positive": positive_sum / seen.max(1) as f64,
             "upper": thresholds.upper,
             "lower": thresholds.lower,
             "images_per_s": seen as f64 / train_seconds,
@@ -286,6 +306,8 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             let recorder = Recorded::new();
             model.clone().save_file(dir.join("model"), &recorder)?;
             recorder.record(optimizer.to_record(), dir.join("optimizer"))?;
+            // The configuration travels with each checkpoint, so a copied checkpoint folder stays usable.
+            write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
             write_atomic(&dir.join("state.json"), serde_json::to_string(&state)?.as_bytes())
         })?;
     }
@@ -313,4 +335,36 @@ pub fn load_trained(run: &RunDir) -> anyhow::Result<(TrainConfig, StDac<Backend>
         .load_file(dir.join("model"), &Recorded::new(), &device)
         .with_context(|| format!("cannot load {}", dir.join("model.mpk").display()))?;
     Ok((config, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::st_dac::StDacConfig;
+
+    /// Share of the off-diagonal pairs of unit rows whose dot product exceeds `threshold`.
+    fn share_above(embedding: Tensor<TrainBackend, 2>, threshold: f32) -> f64 {
+        let n = embedding.dims()[0];
+        let similarity: Vec<f32> =
+            embedding.clone().matmul(embedding.transpose()).into_data().to_vec().unwrap();
+        let above = (0..n * n).filter(|&i| i / n != i % n && similarity[i] > threshold).count();
+        above as f64 / (n * (n - 1)) as f64
+    }
+
+    #[test]
+    fn a_new_network_tells_images_apart_only_with_batch_statistics() {
+        let device = Default::default();
+        let images = data::load(&Source::Mnist, Some(Split::Test), Some(64), None).unwrap();
+        let rows: Vec<usize> = (0..64).collect();
+        let clean = batch_tensor::<Backend>(&images, &rows, &device);
+        let model: StDac<TrainBackend> = StDacConfig::new().with_dense_width(512).init(&device);
+        // Running statistics start as the identity: every output is nearly the same, every pair
+        // would be labelled "same cluster" at the authors' starting threshold of 0.99.
+        let running = model.valid().forward(clean.clone()).embedding;
+        assert!(share_above(Tensor::from_inner(running), 0.99) > 0.99);
+        // The batch's own statistics, as the trainer's targets use them, spread the outputs apart.
+        let batch = model.forward_with(Tensor::from_inner(clean), false).embedding;
+        let share = share_above(batch, 0.99);
+        assert!(share < 0.1, "{share} of the pairs are still above 0.99");
+    }
 }
