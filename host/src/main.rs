@@ -55,7 +55,8 @@ enum Command {
         /// Run folder (the --out of `stdac train`).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Score only the first N images (default: as many as the run was trained with).
+        /// Take the first N images of each split (default: the run's own --limit). Held out, that is
+        /// the first N test images; transductive, the first N of train and of test.
         #[arg(long)]
         limit: Option<usize>,
         /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
@@ -145,7 +146,8 @@ struct TrainArgs {
     /// mnist or fashion-mnist.
     #[arg(long)]
     dataset: String,
-    /// held-out: train on train, score on test. transductive: train on train + test, as the authors did.
+    /// held-out: train on train, score on test. transductive: train and score on train + test, as the
+    /// authors did.
     #[arg(long, value_enum, default_value = "held-out")]
     protocol: Protocol,
     #[arg(long, default_value_t = 10)]

@@ -109,3 +109,23 @@ fn dataset_errors_are_clear() {
     assert_eq!(output.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown dataset \"imagenet\""));
 }
+
+#[test]
+fn eval_names_a_folder_that_is_not_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().display().to_string();
+    let output = stdac(&["eval", "--checkpoint", &empty]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{empty} is not a training run (no config.json)")), "{stderr}");
+
+    // A run that was started but never finished an epoch: its configuration is there, no checkpoint.
+    let started = dir.path().join("started").display().to_string();
+    let train = stdac(&["train", "--dataset", "mnist", "--limit", "2", "--epochs", "0", "--out", &started]);
+    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    let output = stdac(&["eval", "--checkpoint", &started]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("has no finished epoch yet"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no half result on stdout");
+}
