@@ -128,4 +128,11 @@ fn eval_names_a_folder_that_is_not_a_finished_run() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has no finished epoch yet"), "{stderr}");
     assert!(output.stdout.is_empty(), "no half result on stdout");
+
+    // Too few images to learn from pairs, or to score, is refused rather than scored as a perfect 1.0.
+    let none = dir.path().join("none").display().to_string();
+    let output = stdac(&["train", "--dataset", "mnist", "--limit", "1", "--epochs", "1", "--out", &none]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[..1] holds 1 images: --limit must leave at least 2"), "{stderr}");
 }

@@ -33,7 +33,7 @@ pub struct Evaluation {
 /// transformer, `stn.png`, and writes the cluster of every image to `predictions.txt`.
 pub fn evaluate(run: &RunDir, data: Option<&Path>, limit: Option<usize>) -> anyhow::Result<Evaluation> {
     let (mut config, model) = load_trained(run)?;
-    let epochs = run.epochs()?.len();
+    let records = run.epochs()?;
     if limit.is_some() {
         config.limit = limit;
     }
@@ -60,9 +60,11 @@ pub fn evaluate(run: &RunDir, data: Option<&Path>, limit: Option<usize>) -> anyh
         path
     };
 
+    let epochs = records.len();
     let title = format!("ST-DAC ({} STN) on {}, epoch {epochs}", config.model.stn.len(), images.name);
     figures::confusion_matrix(&contingency, &images.class_names, &title, &out("confusion.png"))?;
-    draw_curves(run, &out("curves.png"), &out("loss.png"))?;
+    let name = run.path().display().to_string();
+    draw_curves(&name, &records, &out("curves.png"), &out("loss.png"))?;
     figures::cluster_samples(&images.features, (28, 28), &p.clusters, k, SAMPLES, &out("clusters.png"))?;
     if let Some(corrected) = &p.corrected {
         let path = out("stn.png");
@@ -75,8 +77,12 @@ pub fn evaluate(run: &RunDir, data: Option<&Path>, limit: Option<usize>) -> anyh
 
 /// Scores and the fraction of pairs selected per epoch in one chart, the loss in another (its scale
 /// differs).
-fn draw_curves(run: &RunDir, scores_png: &Path, loss_png: &Path) -> anyhow::Result<()> {
-    let records = run.epochs()?;
+fn draw_curves(
+    name: &str,
+    records: &[serde_json::Value],
+    scores_png: &Path,
+    loss_png: &Path,
+) -> anyhow::Result<()> {
     let series = |key: &str| -> Vec<(f64, f64)> {
         records.iter().filter_map(|r| Some((r["epoch"].as_f64()?, r[key].as_f64()?))).collect()
     };
@@ -86,7 +92,6 @@ fn draw_curves(run: &RunDir, scores_png: &Path, loss_png: &Path) -> anyhow::Resu
         ("ARI", series("ari")),
         ("pairs selected", series("selected")),
     ];
-    let name = run.path().display().to_string();
     figures::line_chart(&format!("{name}: scores per epoch"), "epoch", &scores, scores_png)?;
     figures::line_chart(&format!("{name}: loss per epoch"), "epoch", &[("loss", series("loss"))], loss_png)
 }

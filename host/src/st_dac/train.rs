@@ -96,6 +96,13 @@ fn load_images(config: &TrainConfig, split: Split, data: Option<&Path>) -> anyho
         "ST-DAC takes 28 × 28 grey images; {} is not made of them",
         dataset.name
     );
+    // DAC* learns from pairs, and a score over fewer than two images means nothing.
+    anyhow::ensure!(
+        dataset.len() >= 2,
+        "{} holds {} images: --limit must leave at least 2",
+        dataset.name,
+        dataset.len()
+    );
     Ok(dataset)
 }
 
@@ -198,8 +205,12 @@ pub fn train_step<O: Optimizer<StDac<TrainBackend>, TrainBackend>>(
 /// Trains (or resumes) the run in `run`.
 pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow::Result<()> {
     let device = backend::device()?;
-    let train_set = config.training_images(data)?;
     let eval_set = config.scored_images(data)?;
+    let train_set = match config.protocol {
+        // A transductive run scores the very images it trains on: load them once.
+        Protocol::Transductive => eval_set.clone(),
+        Protocol::HeldOut => config.training_images(data)?,
+    };
 
     // burn draws initial weights and dropout masks from the backend's own generator: seed it too.
     <TrainBackend as burn::tensor::backend::Backend>::seed(&device, config.seed);
@@ -260,11 +271,10 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
             let clean = batch_tensor::<Backend>(&train_set, rows, &device);
             let step;
             (model, step) = train_step(model, &mut optimizer, clean, config, thresholds, &mut rng);
-            let loss_value = step.loss;
             state.lambda = config.schedule.step_lambda(state.lambda);
 
-            batch_losses.push(loss_value);
-            loss_sum += loss_value * rows.len() as f64;
+            batch_losses.push(step.loss);
+            loss_sum += step.loss * rows.len() as f64;
             selected_sum += step.selected * rows.len() as f64;
             positive_sum += step.positive * rows.len() as f64;
             seen += rows.len();
