@@ -80,6 +80,18 @@ pub fn confusion_matrix(
     Ok(())
 }
 
+/// The range `lo..hi` of some data widened by a margin of 5% on each side; a single value `lo == hi` gets a
+/// range of ±10% around it (±1 around 0), so that every axis has some extent.
+fn padded(lo: f64, hi: f64) -> (f64, f64) {
+    let span = hi - lo;
+    if span > 0.0 {
+        (lo - 0.05 * span, hi + 0.05 * span)
+    } else {
+        let half = if lo.abs() > 0.0 { 0.1 * lo.abs() } else { 1.0 };
+        (lo - half, hi + half)
+    }
+}
+
 /// Draws training curves: one line (with its points marked) per named series against `x_label`, e.g. loss,
 /// accuracy, NMI and ARI per epoch, with a legend and a y range that fits every finite point. Empty series
 /// still get a legend entry; it is an error when no series has a finite point.
@@ -100,18 +112,8 @@ pub fn line_chart(
     if x_min > x_max {
         return Err(anyhow!("line chart {}: no series has a finite point to draw", path.display()));
     }
-    // Pad so that a single point, or a flat series, still has a range; leave a margin around the data.
-    let pad = |lo: f64, hi: f64| {
-        let span = hi - lo;
-        if span > 0.0 {
-            (lo - 0.05 * span, hi + 0.05 * span)
-        } else {
-            let half = if lo.abs() > 0.0 { 0.1 * lo.abs() } else { 1.0 };
-            (lo - half, hi + half)
-        }
-    };
-    let (x_min, x_max) = if x_max > x_min { (x_min, x_max) } else { pad(x_min, x_max) };
-    let (y_min, y_max) = pad(y_min, y_max);
+    let (x_min, x_max) = if x_max > x_min { (x_min, x_max) } else { padded(x_min, x_max) };
+    let (y_min, y_max) = padded(y_min, y_max);
 
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     let draw_error = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
@@ -148,6 +150,174 @@ pub fn line_chart(
         .border_style(BLACK)
         .draw()
         .map_err(draw_error)?;
+    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A categorical palette for clusters and classes: Tableau's ten colours, then their ten lighter
+/// companions; category `i` gets entry `i` modulo its length.
+const PALETTE: [RGBColor; 20] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
+];
+
+/// The palette colour of category `i`.
+fn category_colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// The most points a scatter plot draws; beyond it an evenly spaced subsample is drawn.
+const MAX_SCATTER_POINTS: usize = 5000;
+
+/// `max` positions spread evenly over `0..n`, in increasing order and starting at 0 (all of `0..n` when
+/// `n <= max`).
+fn evenly_spaced(n: usize, max: usize) -> Vec<usize> {
+    if n <= max {
+        (0..n).collect()
+    } else {
+        (0..max).map(|j| j * n / max).collect()
+    }
+}
+
+/// Draws a 2-D view of latent codes (`points`, n × 2 row-major, one point per entry of `clusters`) as a
+/// scatter plot coloured by cluster (left, "by cluster") and, when `labels` is given, the same points
+/// coloured by true label (right, "by label", named from `class_names` where a label indexes it). Each panel
+/// has axes and, beside it, a legend with a dot and a name per cluster or class among the drawn points.
+/// Points with a non-finite coordinate are skipped (it is an error when no point is finite); of more than
+/// 5000 finite points an evenly spaced subsample of 5000 is drawn, which the title says.
+pub fn latent_scatter(
+    points: &[f32],
+    clusters: &[usize],
+    labels: Option<&[i64]>,
+    class_names: &[String],
+    title: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    register_font();
+    let what = format!("latent scatter {}", path.display());
+    let n = clusters.len();
+    if points.len() != 2 * n {
+        return Err(anyhow!(
+            "{what}: {} coordinates are not 2 per point for {n} cluster assignments",
+            points.len()
+        ));
+    }
+    if let Some(labels) = labels {
+        if labels.len() != n {
+            return Err(anyhow!(
+                "{what}: {} labels for {n} points (one cluster assignment each)",
+                labels.len()
+            ));
+        }
+    }
+    let xy = |i: usize| (points[2 * i] as f64, points[2 * i + 1] as f64);
+    let finite: Vec<usize> = (0..n)
+        .filter(|&i| {
+            let (x, y) = xy(i);
+            x.is_finite() && y.is_finite()
+        })
+        .collect();
+    if finite.is_empty() {
+        return Err(anyhow!("{what}: none of the {n} points has finite coordinates"));
+    }
+    let shown: Vec<usize> =
+        evenly_spaced(finite.len(), MAX_SCATTER_POINTS).into_iter().map(|j| finite[j]).collect();
+    let mut notes = Vec::new();
+    if shown.len() < finite.len() {
+        notes.push(format!("{} of {} points", shown.len(), finite.len()));
+    }
+    if finite.len() < n {
+        notes.push(format!("{} non-finite skipped", n - finite.len()));
+    }
+    let full_title =
+        if notes.is_empty() { title.to_string() } else { format!("{title} ({})", notes.join(", ")) };
+
+    let (mut x_min, mut x_max, mut y_min, mut y_max) =
+        (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &i in &shown {
+        let (x, y) = xy(i);
+        (x_min, x_max, y_min, y_max) = (x_min.min(x), x_max.max(x), y_min.min(y), y_max.max(y));
+    }
+    let (x_min, x_max) = padded(x_min, x_max);
+    let (y_min, y_max) = padded(y_min, y_max);
+
+    // Per panel: its name, the palette index of each shown point, and its legend (palette index and name
+    // of each cluster or class present among the shown points, in order).
+    let mut panels: Vec<(&str, Vec<usize>, Vec<(usize, String)>)> = Vec::new();
+    let present: std::collections::BTreeSet<usize> = shown.iter().map(|&i| clusters[i]).collect();
+    let legend = present.into_iter().map(|c| (c, format!("cluster {c}"))).collect();
+    panels.push(("by cluster", shown.iter().map(|&i| clusters[i]).collect(), legend));
+    if let Some(labels) = labels {
+        let colour = |l: i64| l.rem_euclid(PALETTE.len() as i64) as usize;
+        let name = |l: i64| {
+            usize::try_from(l).ok().and_then(|l| class_names.get(l)).cloned().unwrap_or_else(|| l.to_string())
+        };
+        let present: std::collections::BTreeSet<i64> = shown.iter().map(|&i| labels[i]).collect();
+        let legend = present.into_iter().map(|l| (colour(l), name(l))).collect();
+        panels.push(("by label", shown.iter().map(|&i| colour(labels[i])).collect(), legend));
+    }
+
+    // Each panel is a square plot with its legend to the right, in as many columns as it needs.
+    let (title_h, plot_side) = (40i32, 520i32);
+    let (legend_top, legend_row, legend_col) = (45i32, 18i32, 150i32);
+    let rows_per_column = ((plot_side - legend_top - 10) / legend_row) as usize;
+    let panel_widths: Vec<i32> = panels
+        .iter()
+        .map(|(_, _, legend)| plot_side + legend_col * legend.len().div_ceil(rows_per_column).max(1) as i32)
+        .collect();
+    let width = panel_widths.iter().sum::<i32>() as u32;
+    let root = BitMapBackend::new(path, (width, (title_h + plot_side) as u32)).into_drawing_area();
+    let draw_error = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(draw_error)?;
+
+    let (head, mut body) = root.split_vertically(title_h);
+    let centred = TextStyle::from((FONT, 18)).pos(Pos::new(HPos::Center, VPos::Center));
+    head.draw(&Text::new(full_title, (width as i32 / 2, title_h / 2), centred)).map_err(draw_error)?;
+    let entry_style = TextStyle::from((FONT, 12)).pos(Pos::new(HPos::Left, VPos::Center));
+    for ((name, colours, legend), &panel_width) in panels.iter().zip(&panel_widths) {
+        let (panel, rest) = body.split_horizontally(panel_width);
+        body = rest;
+        let (plot, legend_area) = panel.split_horizontally(plot_side);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(*name, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(x_min..x_max, y_min..y_max)
+            .map_err(draw_error)?;
+        chart.configure_mesh().label_style((FONT, 12)).draw().map_err(draw_error)?;
+        let dots =
+            shown.iter().zip(colours).map(|(&i, &c)| Circle::new(xy(i), 2, category_colour(c).filled()));
+        chart.draw_series(dots).map_err(draw_error)?;
+        for (e, (c, entry)) in legend.iter().enumerate() {
+            let x = 10 + legend_col * (e / rows_per_column) as i32;
+            let y = legend_top + legend_row * (e % rows_per_column) as i32;
+            legend_area
+                .draw(&Circle::new((x + 5, y), 5, category_colour(*c).filled()))
+                .map_err(draw_error)?;
+            legend_area
+                .draw(&Text::new(entry.as_str(), (x + 16, y), entry_style.clone()))
+                .map_err(draw_error)?;
+        }
+    }
     root.present().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -364,6 +534,86 @@ pub fn stn_view(
     Ok(())
 }
 
+/// One row of an [`image_rows`] figure: the label drawn at its left, its grey images one after another
+/// (values in [0, 1]), and either no captions or one per image.
+pub struct ImageRow {
+    pub label: String,
+    pub images: Vec<f32>,
+    pub captions: Vec<String>,
+}
+
+/// Draws `title` above one row per entry of `rows`: the row's label, then its `size` (height × width) grey
+/// images scaled up as in [`cluster_samples`], each with its caption, if the row has captions, in small
+/// text beneath it. Shows e.g. inputs above their reconstructions, clean, noisy and denoised images, or a
+/// query above its nearest neighbours captioned by distance. Rows may hold different numbers of images;
+/// the figure is as wide as the longest row.
+pub fn image_rows(rows: &[ImageRow], size: (usize, usize), title: &str, path: &Path) -> anyhow::Result<()> {
+    register_font();
+    let what = format!("image rows {}", path.display());
+    let (h, w) = size;
+    if h == 0 || w == 0 {
+        return Err(anyhow!("{what}: the image size {h}×{w} is empty"));
+    }
+    if rows.is_empty() {
+        return Err(anyhow!("{what}: there are no rows to draw"));
+    }
+    let pixels = h * w;
+    for (r, row) in rows.iter().enumerate() {
+        let label = &row.label;
+        if row.images.len() % pixels != 0 {
+            return Err(anyhow!(
+                "{what}: row {r} ({label:?}) has {} values, not a whole number of {h}×{w} images",
+                row.images.len()
+            ));
+        }
+        let count = row.images.len() / pixels;
+        if !row.captions.is_empty() && row.captions.len() != count {
+            return Err(anyhow!(
+                "{what}: row {r} ({label:?}) has {} captions for {count} images",
+                row.captions.len()
+            ));
+        }
+    }
+
+    let label_style = TextStyle::from((FONT, 13)).pos(Pos::new(HPos::Right, VPos::Center));
+    // The labels' column fits the widest label (estimated from its length if the font cannot say).
+    let label_width = |label: &str| {
+        label_style.font.box_size(label).map(|(w, _)| w as i32).unwrap_or(8 * label.chars().count() as i32)
+    };
+    let left = rows.iter().map(|row| label_width(&row.label)).max().unwrap_or(0).max(40) + 20;
+    let (image_w, image_h) = (w as i32 * SCALE, h as i32 * SCALE);
+    let cell_w = image_w + GAP;
+    let caption_h = 16i32;
+    let row_h = |row: &ImageRow| image_h + GAP + if row.captions.is_empty() { 0 } else { caption_h };
+    let longest = rows.iter().map(|row| row.images.len() / pixels).max().unwrap_or(0) as i32;
+    let top = 40i32;
+    let width = (left + cell_w * longest + 10).max(360) as u32;
+    let height = (top + rows.iter().map(row_h).sum::<i32>() + 10) as u32;
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    let draw_error = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(draw_error)?;
+
+    let centred = |size: u32| TextStyle::from((FONT, size)).pos(Pos::new(HPos::Center, VPos::Center));
+    root.draw(&Text::new(title, (width as i32 / 2, 18), centred(16))).map_err(draw_error)?;
+    let mut y = top;
+    for row in rows {
+        let image_top = y + GAP / 2;
+        root.draw(&Text::new(row.label.as_str(), (left - 10, image_top + image_h / 2), label_style.clone()))
+            .map_err(draw_error)?;
+        for (j, image) in row.images.chunks(pixels).enumerate() {
+            let x = left + cell_w * j as i32;
+            draw_grey(&root, image, size, (x, image_top), SCALE).map_err(draw_error)?;
+            if let Some(caption) = row.captions.get(j) {
+                let at = (x + image_w / 2, image_top + image_h + caption_h / 2 + 1);
+                root.draw(&Text::new(caption.as_str(), at, centred(11))).map_err(draw_error)?;
+            }
+        }
+        y += row_h(row);
+    }
+    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +755,143 @@ mod tests {
         assert!(e.contains("transformed") && e.contains("are not 2 images of 28×28"), "{e}");
         let e = stn_view(&images, &images, (28, 28), &clusters, 1, 2, &path).unwrap_err().to_string();
         assert!(e.contains("image 1 is in cluster 1, not below k = 1"), "{e}");
+    }
+
+    /// `n` points in three blobs, the blob of point `i` being `i % 3`, with a little deterministic spread.
+    fn blobs(n: usize) -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                let (b, t) = ((i % 3) as f32, i as f32 * 0.37);
+                [4.0 * b + 0.5 * t.sin(), -2.0 * b + 0.5 * (1.3 * t).cos()]
+            })
+            .collect()
+    }
+
+    fn distinct_colours(png: &image::DynamicImage) -> usize {
+        png.to_rgb8().pixels().map(|p| p.0).collect::<std::collections::HashSet<_>>().len()
+    }
+
+    #[test]
+    fn a_latent_scatter_png_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 300;
+        let points = blobs(n);
+        let clusters: Vec<usize> = (0..n).map(|i| (i + i / 50) % 3).collect();
+        let labels: Vec<i64> = (0..n).map(|i| (i % 3) as i64).collect();
+        // Label 2 has no name: its number stands in.
+        let names = vec!["zero".to_string(), "one".to_string()];
+        let both = dir.path().join("scatter.png");
+        latent_scatter(&points, &clusters, Some(&labels), &names, "latent codes", &both).unwrap();
+        let png = image::open(&both).expect("a readable PNG");
+        assert!(dark_and_bright(&png));
+        assert!(distinct_colours(&png) > 2, "{}", distinct_colours(&png));
+
+        let one = dir.path().join("scatter_clusters.png");
+        latent_scatter(&points, &clusters, None, &[], "latent codes", &one).unwrap();
+        let single = image::open(&one).expect("a readable PNG");
+        assert!(dark_and_bright(&single));
+        assert!(distinct_colours(&single) > 2);
+        // The label panel sits to the right of the cluster panel.
+        assert!(png.width() > single.width() + 400, "{} vs {}", png.width(), single.width());
+        assert_eq!(png.height(), single.height());
+    }
+
+    #[test]
+    fn a_large_latent_scatter_is_subsampled() {
+        let positions = evenly_spaced(12_345, MAX_SCATTER_POINTS);
+        assert_eq!(positions.len(), MAX_SCATTER_POINTS);
+        assert_eq!(positions[0], 0);
+        assert!(positions.windows(2).all(|p| p[0] < p[1]));
+        assert!(*positions.last().unwrap() >= 12_345 - 3);
+        assert_eq!(evenly_spaced(7, MAX_SCATTER_POINTS), (0..7).collect::<Vec<_>>());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("large.png");
+        let n = 6000;
+        let mut points = blobs(n);
+        points[10] = f32::NAN;
+        points[21] = f32::INFINITY;
+        let clusters: Vec<usize> = (0..n).map(|i| i % 12).collect();
+        latent_scatter(&points, &clusters, None, &[], "many", &path).unwrap();
+        let png = image::open(&path).expect("a readable PNG");
+        assert!(dark_and_bright(&png));
+        assert!(distinct_colours(&png) > 2);
+    }
+
+    #[test]
+    fn a_latent_scatter_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad_scatter.png");
+        let points = blobs(4);
+        let e = latent_scatter(&points[1..], &[0, 1, 0, 1], None, &[], "t", &path).unwrap_err().to_string();
+        assert!(e.contains("bad_scatter.png") && e.contains("7 coordinates"), "{e}");
+        let e = latent_scatter(&points, &[0, 1, 0, 1], Some(&[0, 1, 2]), &[], "t", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad_scatter.png") && e.contains("3 labels for 4 points"), "{e}");
+        let e = latent_scatter(&[f32::NAN, 0.0, 1.0, f32::INFINITY], &[0, 1], None, &[], "t", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad_scatter.png") && e.contains("finite"), "{e}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_image_rows_png_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let clusters: Vec<usize> = (0..5).collect();
+        let images = squares(&clusters);
+        let blurred: Vec<f32> = images.iter().map(|v| 0.2 + 0.6 * v).collect();
+        let row = |label: &str, images: Vec<f32>, captions: Vec<String>| ImageRow {
+            label: label.to_string(),
+            images,
+            captions,
+        };
+        let path = dir.path().join("reconstructions.png");
+        let rows = [row("input", images.clone(), vec![]), row("reconstruction", blurred, vec![])];
+        image_rows(&rows, (28, 28), "reconstructions", &path).unwrap();
+        let png = image::open(&path).expect("a readable PNG");
+        assert!(png.width() >= 5 * 28 * 3 && png.width() < 800, "{}", png.width());
+        assert!(png.height() >= 2 * 28 * 3 && png.height() < 400, "{}", png.height());
+        assert!(dark_and_bright(&png));
+
+        // A query and its ten nearest neighbours, captioned by distance: the longest row sets the width.
+        let path = dir.path().join("retrieval.png");
+        let neighbours: Vec<usize> = (0..10).collect();
+        let captions = (0..10).map(|i| format!("d={:.2}", 0.5 + i as f64 * 0.25)).collect();
+        let rows = [
+            row("query", images[..28 * 28].to_vec(), vec!["label 0".to_string()]),
+            row("nearest", squares(&neighbours), captions),
+        ];
+        image_rows(&rows, (28, 28), "retrieval", &path).unwrap();
+        let png = image::open(&path).expect("a readable PNG");
+        assert!(png.width() >= 10 * 28 * 3, "{}", png.width());
+        assert!(png.height() >= 2 * 28 * 3 + 2 * 16, "{}", png.height());
+        assert!(dark_and_bright(&png));
+    }
+
+    #[test]
+    fn image_rows_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad_rows.png");
+        let images = squares(&[0, 1]);
+        let row = |images: &[f32], captions: Vec<String>| ImageRow {
+            label: "denoised".to_string(),
+            images: images.to_vec(),
+            captions,
+        };
+        let e = image_rows(&[row(&images[1..], vec![])], (28, 28), "t", &path).unwrap_err().to_string();
+        assert!(e.contains("bad_rows.png") && e.contains("not a whole number of 28×28 images"), "{e}");
+        let e =
+            image_rows(&[row(&images, vec![]), row(&images, vec!["a".to_string()])], (28, 28), "t", &path)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("bad_rows.png") && e.contains("row 1") && e.contains("1 captions for 2 images"),
+            "{e}"
+        );
+        assert!(image_rows(&[], (28, 28), "t", &path).is_err());
+        assert!(image_rows(&[row(&images, vec![])], (0, 28), "t", &path).is_err());
+        assert!(!path.exists());
     }
 }

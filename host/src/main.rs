@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use stdac::data::{self, Source, Split};
+use stdac::autoencoder::loss::{Noise, Sparsity};
+use stdac::autoencoder::search::{self, Query};
+use stdac::autoencoder::{
+    eval as ae_eval, train as ae_train, AeTrainConfig, Architecture, AutoencoderConfig, Kind,
+};
+use stdac::data::{self, Protocol, Source, Split};
 use stdac::kmeans::{self, KMeansConfig};
 use stdac::local_device::LocalDevice;
 use stdac::metrics::{self, Contingency, Scores};
@@ -14,7 +19,7 @@ use stdac::run::RunDir;
 use stdac::st_dac::augment::Augmentation;
 use stdac::st_dac::eval as st_dac_eval;
 use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
-use stdac::st_dac::train::{self as st_dac_train, Protocol, TrainConfig};
+use stdac::st_dac::train::{self as st_dac_train, TrainConfig};
 use stdac::st_dac::{StDacConfig, StnPosition};
 use stdac::transport::{DeviceClient, LinkConfig};
 use stdac::{figures, selftest};
@@ -45,12 +50,12 @@ enum Command {
     /// Cluster a dataset with k-means on raw features or on principal components; the last line of
     /// output is the metrics JSON.
     Baseline(BaselineArgs),
-    /// Train a clustering model; checkpoints every epoch into --out and resumes from there when
-    /// interrupted.
+    /// Train a clustering model (ST-DAC, or an autoencoder family model: ae, sae, dae, vae, dcn);
+    /// checkpoints every epoch into --out and resumes from there when interrupted.
     Train(Box<TrainArgs>),
-    /// Score a trained run's newest checkpoint on its evaluation images and draw its figures (confusion
-    /// matrix, training curves, samples per cluster, STN view) into the run folder; the last line of
-    /// output is the metrics JSON.
+    /// Score a trained run's newest checkpoint on its evaluation samples and draw its figures (confusion
+    /// matrix, training curves, samples per cluster; ST-DAC: STN view; autoencoders: latent scatter,
+    /// reconstructions, denoising) into the run folder; the last line of output is the metrics JSON.
     Eval {
         /// Run folder (the --out of `stdac train`).
         #[arg(long)]
@@ -59,6 +64,29 @@ enum Command {
         /// the first N test images; transductive, the first N of train and of test.
         #[arg(long)]
         limit: Option<usize>,
+        /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
+        #[arg(long, env = "STDAC_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Find the training samples nearest a query in a trained autoencoder's latent space (exact search);
+    /// prints them, then one JSON line, and draws them into a PNG grid.
+    Search {
+        /// Run folder of an autoencoder family model (the --out of `stdac train`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A picture (any size, grey or colour) to look for.
+        #[arg(long, required_unless_present = "query_index", conflicts_with = "query_index")]
+        query: Option<PathBuf>,
+        /// Instead of a picture, the sample at this index of the run's scored samples (its test split
+        /// when held out).
+        #[arg(long)]
+        query_index: Option<usize>,
+        /// Neighbours to return.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Where to draw the results (default: search.png in the run folder).
+        #[arg(long)]
+        grid: Option<PathBuf>,
         /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
         #[arg(long, env = "STDAC_DATA")]
         data: Option<PathBuf>,
@@ -140,56 +168,98 @@ struct TrainArgs {
     /// Model family.
     #[arg(long, value_enum, default_value = "st-dac")]
     model: ModelKind,
-    /// Spatial transformers, comma-separated: input, block2, block3 (none by default).
+    /// ST-DAC: spatial transformers, comma-separated: input, block2, block3 (none by default).
     #[arg(long, value_enum, value_delimiter = ',')]
     stn: Vec<StnPosition>,
-    /// mnist or fashion-mnist.
+    /// ST-DAC: mnist or fashion-mnist. Autoencoders: also iris, wine, synthetic-control or a folder of
+    /// images.
     #[arg(long)]
     dataset: String,
     /// held-out: train on train, score on test. transductive: train and score on train + test, as the
-    /// authors did.
+    /// DAC authors did. Datasets without a split train and score on all of it either way.
     #[arg(long, value_enum, default_value = "held-out")]
     protocol: Protocol,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    /// DAC* pair selection: code (the authors' code), text (the dissertation's text) or learned (DAC's λ).
+    /// Epochs (DCN: of pre-training). Default: ST-DAC 10; autoencoders 20 on images, 100 on tables.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Default: ST-DAC 32; autoencoders 256 on images, 32 on tables.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// ST-DAC: DAC* pair selection: code (the authors' code), text (the dissertation's text) or learned
+    /// (DAC's λ).
     #[arg(long, value_enum, default_value = "code")]
     selection: Selection,
-    /// Starting upper threshold (default 0.99).
+    /// ST-DAC: starting upper threshold (default 0.99).
     #[arg(long)]
     upper: Option<f64>,
-    /// Starting lower threshold (default: code 0.8 for MNIST, 0.9 for Fashion-MNIST; text the reverse).
+    /// ST-DAC: starting lower threshold (default: code 0.8 for MNIST, 0.9 for Fashion-MNIST; text the
+    /// reverse).
     #[arg(long)]
     lower: Option<f64>,
-    /// Epochs over which the thresholds move.
+    /// ST-DAC: epochs over which the thresholds move.
     #[arg(long, default_value_t = 10)]
     schedule_epochs: usize,
-    /// Step of the learned λ per iteration.
+    /// ST-DAC: step of the learned λ per iteration.
     #[arg(long, default_value_t = 0.009)]
     eta: f64,
-    /// Weight of the outputs' cross-entropy toward their clean predictions (default: 10 with code, else 0).
+    /// ST-DAC: weight of the outputs' cross-entropy toward their clean predictions (default: 10 with
+    /// code, else 0).
     #[arg(long)]
     self_weight: Option<f64>,
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    /// Adam's learning rate. Default: ST-DAC 1e-4, autoencoders 1e-3.
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Use only the first N images.
+    /// Use only the first N samples (of each split).
     #[arg(long)]
     limit: Option<usize>,
-    /// Train without augmentation.
+    /// ST-DAC: train without augmentation.
     #[arg(long)]
     no_augment: bool,
-    /// Leave out the tanh on the localization nets' last layer.
+    /// ST-DAC: leave out the tanh on the localization nets' last layer.
     #[arg(long)]
     no_stn_tanh: bool,
-    /// Width of the wide dense layer.
+    /// ST-DAC: width of the wide dense layer.
     #[arg(long, default_value_t = 3096)]
     dense_width: usize,
-    #[arg(long, default_value_t = 10)]
-    clusters: usize,
+    /// Clusters (default: ST-DAC 10; autoencoders the dataset's classes).
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Autoencoders: dense or conv (28 × 28 images only).
+    #[arg(long, value_enum, default_value = "dense")]
+    architecture: Architecture,
+    /// Autoencoders: widths of the encoder's hidden layers, comma-separated (the decoder mirrors them).
+    /// Default: 500,500,2000 for dense on images (as DEC and DCN), 64,32 on tables, none for conv.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Autoencoders: dimension of the latent code (default: 10 on images, the clusters on tables).
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Sparse autoencoder: l1 (activity) or kl (sparsity target).
+    #[arg(long, value_enum, default_value = "l1")]
+    sparsity: SparsityKind,
+    /// Sparse autoencoder: weight of the penalty (default: l1 1e-3, kl 0.1).
+    #[arg(long)]
+    sparsity_weight: Option<f64>,
+    /// Sparse autoencoder with kl: the share of samples each code unit should be active for.
+    #[arg(long, default_value_t = 0.05)]
+    sparsity_target: f64,
+    /// Denoising autoencoder: gaussian noise or masking.
+    #[arg(long, value_enum, default_value = "gaussian")]
+    noise: NoiseKind,
+    /// Denoising autoencoder: the noise's standard deviation, or the share of features masked.
+    #[arg(long, default_value_t = 0.2)]
+    noise_level: f64,
+    /// Variational autoencoder: weight β of the KL term.
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// DCN: weight λ of the k-means term.
+    #[arg(long, default_value_t = 1.0)]
+    dcn_lambda: f64,
+    /// DCN: epochs of joint training after pre-training (default: 10 on images, 50 on tables).
+    #[arg(long)]
+    dcn_epochs: Option<usize>,
     /// Run folder.
     #[arg(long)]
     out: PathBuf,
@@ -199,9 +269,31 @@ struct TrainArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SparsityKind {
+    L1,
+    Kl,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NoiseKind {
+    Gaussian,
+    Masking,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ModelKind {
     /// Deep adaptive clustering with spatial transformers.
     StDac,
+    /// Autoencoder; clusters by k-means on its codes.
+    Ae,
+    /// Sparse autoencoder (--sparsity l1|kl).
+    Sae,
+    /// Denoising autoencoder (--noise gaussian|masking).
+    Dae,
+    /// Variational autoencoder (--beta).
+    Vae,
+    /// Deep clustering network: autoencoder + k-means, trained jointly (--dcn-lambda, --dcn-epochs).
+    Dcn,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -260,6 +352,9 @@ fn main() {
         Command::Baseline(args) => baseline(&args),
         Command::Train(args) => train(&args),
         Command::Eval { checkpoint, limit, data } => eval(&checkpoint, limit, data.as_deref()),
+        Command::Search { checkpoint, query, query_index, k, grid, data } => {
+            search_cmd(&checkpoint, query.as_deref(), query_index, k, grid, data.as_deref())
+        }
         Command::Selftest { port, pings, link } => selftest_cmd(port, pings, &link),
         Command::Info { port } => info(&port),
         Command::Ping { port, count } => ping(&port, count),
@@ -341,7 +436,18 @@ fn baseline(args: &BaselineArgs) -> anyhow::Result<()> {
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    let ModelKind::StDac = args.model;
+    let kind = match args.model {
+        ModelKind::StDac => return train_st_dac(args),
+        ModelKind::Ae => Kind::Ae,
+        ModelKind::Sae => Kind::Sae,
+        ModelKind::Dae => Kind::Dae,
+        ModelKind::Vae => Kind::Vae,
+        ModelKind::Dcn => Kind::Dcn,
+    };
+    train_autoencoder(args, kind)
+}
+
+fn train_st_dac(args: &TrainArgs) -> anyhow::Result<()> {
     let fashion = args.dataset == "fashion-mnist";
     let (default_lower, augmentation) = match (fashion, args.selection) {
         (false, Selection::Text) => (0.9, Augmentation::MNIST),
@@ -356,33 +462,99 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         eta: args.eta,
     };
     ensure!(schedule.start.lower <= schedule.start.upper, "--lower must not exceed --upper");
-    ensure!(args.batch >= 2, "--batch must be at least 2: DAC* learns from pairs");
+    let batch = args.batch.unwrap_or(32);
+    ensure!(batch >= 2, "--batch must be at least 2: DAC* learns from pairs");
     let self_weight = args.self_weight.unwrap_or(if args.selection == Selection::Code { 10.0 } else { 0.0 });
     let model = StDacConfig::new()
         .with_stn(args.stn.clone())
         .with_stn_tanh(!args.no_stn_tanh)
         .with_dense_width(args.dense_width)
-        .with_clusters(args.clusters);
+        .with_clusters(args.clusters.unwrap_or(10));
     let config = TrainConfig::new(
         model,
         args.dataset.clone(),
         args.protocol,
-        args.epochs,
-        args.batch,
+        args.epochs.unwrap_or(10),
+        batch,
         schedule,
         self_weight,
         if args.no_augment { Augmentation::NONE } else { augmentation },
     )
     .with_limit(args.limit)
-    .with_lr(args.lr)
+    .with_lr(args.lr.unwrap_or(1e-4))
     .with_seed(args.seed);
     let run = RunDir::open(&args.out, &serde_json::to_string_pretty(&config)?)?;
     st_dac_train::train(&config, &run, args.data.as_deref())?;
-    println!(
-        "trained: {} (evaluate with `stdac eval --checkpoint {}`)",
-        run.path().display(),
-        run.path().display()
+    trained(&run);
+    Ok(())
+}
+
+fn trained(run: &RunDir) {
+    let path = run.path().display();
+    println!("trained: {path} (evaluate with `stdac eval --checkpoint {path}`)");
+}
+
+fn train_autoencoder(args: &TrainArgs, kind: Kind) -> anyhow::Result<()> {
+    let source: Source = args.dataset.parse().map_err(anyhow::Error::msg)?;
+    // One sample tells the shape of the data and its classes.
+    let probe = data::load(&source, None, Some(1), args.data.as_deref())?;
+    let images = probe.image_size.is_some();
+    ensure!(
+        args.architecture == Architecture::Dense || probe.image_size == Some((28, 28)),
+        "--architecture conv takes 28 × 28 images; {} is not made of them",
+        probe.name
     );
+    let clusters = args.clusters.unwrap_or(probe.class_names.len());
+    ensure!(clusters >= 1, "{} has no classes: say how many clusters with --clusters", probe.name);
+    let hidden = args.hidden.clone().unwrap_or_else(|| match (args.architecture, images) {
+        (Architecture::Conv, _) => Vec::new(),
+        (Architecture::Dense, true) => vec![500, 500, 2000],
+        (Architecture::Dense, false) => vec![64, 32],
+    });
+    let latent = args.latent.unwrap_or(if images { 10 } else { clusters });
+    ensure!(latent >= 1 && hidden.iter().all(|&w| w >= 1), "--latent and --hidden widths must be at least 1");
+    let batch = args.batch.unwrap_or(if images { 256 } else { 32 });
+    ensure!(batch >= 1, "--batch must be at least 1");
+    let model = AutoencoderConfig::new(probe.dim, args.architecture, hidden, latent)
+        .with_variational(kind == Kind::Vae)
+        .with_sigmoid_output(images);
+    let sparsity = (kind == Kind::Sae).then(|| match args.sparsity {
+        SparsityKind::L1 => Sparsity::L1 { weight: args.sparsity_weight.unwrap_or(1e-3) },
+        SparsityKind::Kl => {
+            Sparsity::Kl { target: args.sparsity_target, weight: args.sparsity_weight.unwrap_or(0.1) }
+        }
+    });
+    let noise = (kind == Kind::Dae).then_some(match args.noise {
+        NoiseKind::Gaussian => Noise::Gaussian { std: args.noise_level },
+        NoiseKind::Masking => Noise::Masking { fraction: args.noise_level },
+    });
+    if let Some(Noise::Masking { fraction }) = noise {
+        ensure!((0.0..1.0).contains(&fraction), "--noise-level of masking is a share of features, in [0, 1)");
+    }
+    let config = AeTrainConfig::new(
+        ae_train::FAMILY.to_string(),
+        kind,
+        model,
+        args.dataset.clone(),
+        args.protocol,
+        args.epochs.unwrap_or(if images { 20 } else { 100 }),
+        batch,
+        clusters,
+    )
+    .with_limit(args.limit)
+    .with_sparsity(sparsity)
+    .with_noise(noise)
+    .with_dcn_epochs(match kind {
+        Kind::Dcn => args.dcn_epochs.unwrap_or(if images { 10 } else { 50 }),
+        _ => 0,
+    })
+    .with_lr(args.lr.unwrap_or(1e-3))
+    .with_seed(args.seed)
+    .with_beta(args.beta)
+    .with_dcn_lambda(args.dcn_lambda);
+    let run = RunDir::open(&args.out, &serde_json::to_string_pretty(&config)?)?;
+    ae_train::train(&config, &run, args.data.as_deref())?;
+    trained(&run);
     Ok(())
 }
 
@@ -392,6 +564,9 @@ fn eval(
     data: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let run = RunDir::existing(checkpoint)?;
+    if run.family()? == ae_train::FAMILY {
+        return eval_autoencoder(&run, limit, data);
+    }
     let evaluation = st_dac_eval::evaluate(&run, data, limit)?;
     println!(
         "{} after {} epochs on {}: ACC {:.4}, NMI {:.4}, ARI {:.4}; outputs unit-length within {:.1e}",
@@ -407,6 +582,74 @@ fn eval(
         println!("wrote {}", path.display());
     }
     println!("{}", evaluation.scores.to_json());
+    Ok(())
+}
+
+fn eval_autoencoder(
+    run: &RunDir,
+    limit: Option<usize>,
+    data: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let evaluation = ae_eval::evaluate(run, data, limit)?;
+    let scores = match &evaluation.scores {
+        Some(s) => format!("ACC {:.4}, NMI {:.4}, ARI {:.4}", s.acc, s.nmi, s.ari),
+        None => "no labels to score against".to_string(),
+    };
+    println!(
+        "{} after {} epochs on {}: {scores}; reconstruction MSE {:.4e} per feature",
+        run.path().display(),
+        evaluation.epochs,
+        evaluation.dataset,
+        evaluation.reconstruction_mse
+    );
+    for path in &evaluation.written {
+        println!("wrote {}", path.display());
+    }
+    let mut json = match &evaluation.scores {
+        Some(s) => s.to_json(),
+        None => serde_json::json!({ "n": null }),
+    };
+    json["reconstruction_mse"] = evaluation.reconstruction_mse.into();
+    println!("{json}");
+    Ok(())
+}
+
+fn search_cmd(
+    checkpoint: &std::path::Path,
+    picture: Option<&std::path::Path>,
+    index: Option<usize>,
+    k: usize,
+    grid: Option<PathBuf>,
+    data: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let run = RunDir::existing(checkpoint)?;
+    ensure!(
+        run.family()? == ae_train::FAMILY,
+        "{} is not an autoencoder run: search needs a latent space (train one with --model ae|sae|dae|vae|dcn)",
+        checkpoint.display()
+    );
+    let query = match (picture, index) {
+        (Some(path), _) => Query::Picture(path),
+        (None, Some(i)) => Query::Scored(i),
+        (None, None) => anyhow::bail!("give --query PICTURE or --query-index N"),
+    };
+    let results = search::search(&run, query, k, data)?;
+    for (rank, hit) in results.hits.iter().enumerate() {
+        let label = hit.label.as_deref().unwrap_or("-");
+        println!(
+            "{:>3}. {} #{} at distance {:.4} ({label})",
+            rank + 1,
+            results.searched,
+            hit.index,
+            hit.distance
+        );
+    }
+    if results.image_size.is_some() {
+        let path = grid.unwrap_or_else(|| run.path().join("search.png"));
+        results.draw(&path)?;
+        println!("wrote {}", path.display());
+    }
+    println!("{}", results.to_json());
     Ok(())
 }
 

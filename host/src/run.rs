@@ -17,6 +17,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How models and optimizer states are written: named MessagePack, full precision.
+type Recorded = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 pub struct RunDir {
     path: PathBuf,
@@ -58,6 +68,16 @@ impl RunDir {
             );
         }
         Ok(run)
+    }
+
+    /// Which model family trained the run: its configuration's `family`, or `st-dac` for configurations
+    /// without one (ST-DAC's came first).
+    pub fn family(&self) -> anyhow::Result<String> {
+        let path = self.config_path();
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        Ok(config["family"].as_str().unwrap_or("st-dac").to_string())
     }
 
     pub fn path(&self) -> &Path {
@@ -140,6 +160,77 @@ impl RunDir {
             })
             .collect()
     }
+}
+
+/// Fills a checkpoint folder (for [`RunDir::checkpoint`]): `model.mpk`, `optimizer.mpk`, the run's
+/// `config.json` (so a copied checkpoint folder stays usable) and `state.json` (where training resumes).
+pub fn save_training<B, M, O>(
+    dir: &Path,
+    model: &M,
+    optimizer: &O,
+    config: &impl Serialize,
+    state: &impl Serialize,
+) -> anyhow::Result<()>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let recorder = Recorded::new();
+    model.clone().save_file(dir.join("model"), &recorder)?;
+    recorder.record(optimizer.to_record(), dir.join("optimizer"))?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    write_atomic(&dir.join("state.json"), serde_json::to_string(state)?.as_bytes())
+}
+
+/// Reads back what [`save_training`] wrote into `dir`, into a freshly initialised `model` and `optimizer`.
+pub fn load_training<B, M, O, S>(
+    dir: &Path,
+    model: M,
+    optimizer: O,
+    device: &B::Device,
+) -> anyhow::Result<(M, O, S)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+    S: DeserializeOwned,
+{
+    let model = load_model(dir, model, device)?;
+    let recorder = Recorded::new();
+    let record = recorder
+        .load(dir.join("optimizer"), device)
+        .with_context(|| format!("cannot load {}", dir.join("optimizer.mpk").display()))?;
+    Ok((model, optimizer.load_record(record), load_state(dir)?))
+}
+
+/// The `state.json` of a checkpoint folder.
+pub fn load_state<S: DeserializeOwned>(dir: &Path) -> anyhow::Result<S> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid state", path.display()))
+}
+
+/// The weights of a checkpoint folder, loaded into `model` (initialised with the run's configuration).
+pub fn load_model<B: Backend, M: Module<B>>(dir: &Path, model: M, device: &B::Device) -> anyhow::Result<M> {
+    model
+        .load_file(dir.join("model"), &Recorded::new(), device)
+        .with_context(|| format!("cannot load {}", dir.join("model.mpk").display()))
+}
+
+/// The progress bar of one training epoch over `batches` batches.
+pub fn epoch_progress(epoch: usize, epochs: usize, batches: usize) -> ProgressBar {
+    let progress = ProgressBar::new(batches as u64).with_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    progress.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("valid template"),
+    );
+    progress
+}
+
+/// The seed of one epoch's randomness (order, augmentation, noise, dropout): it depends only on the run's
+/// seed and the epoch, so a resumed run draws what an uninterrupted one would have.
+pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Replaces `path` with `bytes` all at once: write a sibling, flush it to disk, rename over.

@@ -47,6 +47,15 @@ impl Dataset {
         &self.features[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// The given rows, one after another (a batch).
+    pub fn gather(&self, rows: &[usize]) -> Vec<f32> {
+        let mut values = Vec::with_capacity(rows.len() * self.dim);
+        for &i in rows {
+            values.extend_from_slice(self.row(i));
+        }
+        values
+    }
+
     /// Keeps the first `n` samples (in the dataset's own order).
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {
@@ -109,6 +118,40 @@ impl fmt::Display for Split {
             Split::All => "all",
         })
     }
+}
+
+/// Which samples a model is trained on and which it is scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum Protocol {
+    /// Train on the training split, score on the test split.
+    HeldOut,
+    /// Train on train + test together and score on all of it, as the DAC and ST-DAC authors did.
+    Transductive,
+}
+
+/// The samples trained on and the samples scored, under `protocol`. A dataset with a train/test split
+/// trains on its first `limit` training samples and scores on its first `limit` test samples when held
+/// out, and trains and scores on both when transductive; a dataset without one (tables, folders) trains
+/// and scores on all of it (its first `limit`), whatever the protocol.
+pub fn training_and_scored(
+    source: &Source,
+    protocol: Protocol,
+    limit: Option<usize>,
+    data: Option<&Path>,
+) -> anyhow::Result<(Dataset, Dataset)> {
+    if source.default_split() == Split::All {
+        let all = load(source, Some(Split::All), limit, data)?;
+        return Ok((all.clone(), all));
+    }
+    let mut train = load(source, Some(Split::Train), limit, data)?;
+    let test = load(source, Some(Split::Test), limit, data)?;
+    Ok(match protocol {
+        Protocol::HeldOut => (train, test),
+        Protocol::Transductive => {
+            train.append(test);
+            (train.clone(), train)
+        }
+    })
 }
 
 /// A dataset by name, or a folder of pictures.

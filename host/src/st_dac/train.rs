@@ -7,11 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::config::Config;
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -22,18 +20,10 @@ use super::augment::Augmentation;
 use super::loss::{pair_loss, Schedule, Thresholds};
 use super::model::{StDac, StDacConfig};
 use crate::backend::{self, Backend, TrainBackend};
+pub use crate::data::Protocol;
 use crate::data::{self, Dataset, Source, Split};
 use crate::metrics::Scores;
-use crate::run::{write_atomic, RunDir};
-
-/// Which images are trained on and which are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Protocol {
-    /// Train on the training split, score on the test split.
-    HeldOut,
-    /// Train on train + test together and score on all of it, as the DAC and ST-DAC authors did.
-    Transductive,
-}
+use crate::run::{self, RunDir};
 
 #[derive(Config, Debug)]
 pub struct TrainConfig {
@@ -87,8 +77,6 @@ struct State {
     lambda: f64,
 }
 
-type Recorded = NamedMpkFileRecorder<FullPrecisionSettings>;
-
 fn load_images(config: &TrainConfig, split: Split, data: Option<&Path>) -> anyhow::Result<Dataset> {
     let dataset = data::load(&config.source()?, Some(split), config.limit, data)?;
     anyhow::ensure!(
@@ -111,11 +99,7 @@ pub fn batch_tensor<B: burn::tensor::backend::Backend>(
     rows: &[usize],
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let mut pixels = Vec::with_capacity(rows.len() * d.dim);
-    for &i in rows {
-        pixels.extend_from_slice(d.row(i));
-    }
-    Tensor::from_data(TensorData::new(pixels, [rows.len(), 1, 28, 28]), device)
+    Tensor::from_data(TensorData::new(d.gather(rows), [rows.len(), 1, 28, 28]), device)
 }
 
 /// What the network says about every image of a dataset.
@@ -218,16 +202,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
     let mut optimizer = AdamConfig::new().init::<TrainBackend, StDac<TrainBackend>>();
     let mut state = State { epochs_done: 0, lambda: 0.0 };
     if let Some(dir) = run.latest_checkpoint()? {
-        let recorder = Recorded::new();
-        model = model
-            .load_file(dir.join("model"), &recorder, &device)
-            .with_context(|| format!("cannot load {}", dir.join("model.mpk").display()))?;
-        let record = recorder
-            .load(dir.join("optimizer"), &device)
-            .with_context(|| format!("cannot load {}", dir.join("optimizer.mpk").display()))?;
-        optimizer = optimizer.load_record(record);
-        let text = std::fs::read_to_string(dir.join("state.json"))?;
-        state = serde_json::from_str(&text).with_context(|| format!("{}: bad state.json", dir.display()))?;
+        (model, optimizer, state) = run::load_training(&dir, model, optimizer, &device)?;
         eprintln!("resuming {} after epoch {}", run.path().display(), state.epochs_done);
     }
 
@@ -248,21 +223,14 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
         let started = Instant::now();
         // Each epoch's randomness (order, augmentation, dropout) depends only on the seed and the epoch,
         // so a resumed run draws what an uninterrupted one would have.
-        let epoch_seed = config.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let epoch_seed = run::epoch_seed(config.seed, epoch);
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, epoch_seed);
         let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         order.shuffle(&mut rng);
         let batches: Vec<&[usize]> = order.chunks(config.batch).filter(|b| b.len() >= 2).collect();
 
-        let progress = ProgressBar::new(batches.len() as u64).with_prefix(format!(
-            "epoch {}/{}",
-            epoch + 1,
-            config.epochs
-        ));
-        progress.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").expect("valid template"),
-        );
+        let progress = run::epoch_progress(epoch, config.epochs, batches.len());
         let (mut loss_sum, mut selected_sum, mut positive_sum, mut seen) = (0.0, 0.0, 0.0, 0usize);
         let mut batch_losses = Vec::with_capacity(batches.len());
         let mut thresholds = config.schedule.thresholds(epoch, state.lambda);
@@ -312,14 +280,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
         eprintln!("{record}");
         run.record_epoch(&record)?;
         state.epochs_done = epoch + 1;
-        run.checkpoint(state.epochs_done, |dir| {
-            let recorder = Recorded::new();
-            model.clone().save_file(dir.join("model"), &recorder)?;
-            recorder.record(optimizer.to_record(), dir.join("optimizer"))?;
-            // The configuration travels with each checkpoint, so a copied checkpoint folder stays usable.
-            write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
-            write_atomic(&dir.join("state.json"), serde_json::to_string(&state)?.as_bytes())
-        })?;
+        run.checkpoint(state.epochs_done, |dir| run::save_training(dir, &model, &optimizer, config, &state))?;
     }
     Ok(())
 }
@@ -340,10 +301,7 @@ pub fn load_trained(run: &RunDir) -> anyhow::Result<(TrainConfig, StDac<Backend>
         .latest_checkpoint()?
         .with_context(|| format!("{} has no finished epoch yet: train it first", run.path().display()))?;
     let device = backend::device()?;
-    let model: StDac<Backend> = config.model.init(&device);
-    let model = model
-        .load_file(dir.join("model"), &Recorded::new(), &device)
-        .with_context(|| format!("cannot load {}", dir.join("model.mpk").display()))?;
+    let model = run::load_model(&dir, config.model.init(&device), &device)?;
     Ok((config, model))
 }
 
