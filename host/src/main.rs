@@ -231,8 +231,9 @@ struct TrainArgs {
     architecture: Architecture,
     /// Autoencoders: widths of the encoder's hidden layers, comma-separated (the decoder mirrors them).
     /// Default: 500,500,2000 for dense on images (as DEC and DCN), 64,32 on tables, none for conv.
-    #[arg(long, value_delimiter = ',')]
-    hidden: Option<Vec<usize>>,
+    /// `none` for no hidden layer (a linear code).
+    #[arg(long, value_parser = parse_widths)]
+    hidden: Option<Widths>,
     /// Autoencoders: dimension of the latent code (default: 10 on images, the clusters on tables).
     #[arg(long)]
     latent: Option<usize>,
@@ -266,6 +267,26 @@ struct TrainArgs {
     /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
     #[arg(long, env = "STDAC_DATA")]
     data: Option<PathBuf>,
+}
+
+/// Layer widths from the command line.
+#[derive(Clone, Debug)]
+struct Widths(Vec<usize>);
+
+/// `none`, or widths separated by commas, e.g. `500,500,2000`.
+fn parse_widths(text: &str) -> Result<Widths, String> {
+    if text == "none" {
+        return Ok(Widths(Vec::new()));
+    }
+    text.split(',')
+        .map(|w| match w.trim().parse::<usize>() {
+            Ok(width) if width > 0 => Ok(width),
+            _ => Err(format!(
+                "{w:?} is not a layer width: give positive integers separated by commas, or none"
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Widths)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -506,13 +527,13 @@ fn train_autoencoder(args: &TrainArgs, kind: Kind) -> anyhow::Result<()> {
     );
     let clusters = args.clusters.unwrap_or(probe.class_names.len());
     ensure!(clusters >= 1, "{} has no classes: say how many clusters with --clusters", probe.name);
-    let hidden = args.hidden.clone().unwrap_or_else(|| match (args.architecture, images) {
+    let hidden = args.hidden.clone().map(|w| w.0).unwrap_or_else(|| match (args.architecture, images) {
         (Architecture::Conv, _) => Vec::new(),
         (Architecture::Dense, true) => vec![500, 500, 2000],
         (Architecture::Dense, false) => vec![64, 32],
     });
     let latent = args.latent.unwrap_or(if images { 10 } else { clusters });
-    ensure!(latent >= 1 && hidden.iter().all(|&w| w >= 1), "--latent and --hidden widths must be at least 1");
+    ensure!(latent >= 1, "--latent must be at least 1");
     let batch = args.batch.unwrap_or(if images { 256 } else { 32 });
     ensure!(batch >= 1, "--batch must be at least 1");
     let model = AutoencoderConfig::new(probe.dim, args.architecture, hidden, latent)

@@ -175,6 +175,14 @@ fn the_convolutional_and_masking_variants_train() {
     assert_eq!(config["noise"], serde_json::json!({"Masking": {"fraction": 0.3}}));
     let kl = mnist_run(dir.path(), "sae", &["--sparsity", "kl", "--sparsity-target", "0.1"]);
     assert!(f(&records(&kl)[0], "regulariser") > 0.0);
+    // No hidden layer: a linear code.
+    let linear = dir.path().join("linear");
+    let args = ["train", "--model", "vae", "--dataset", "wine", "--hidden", "none", "--epochs", "3"];
+    ok(&stdac(&[&args[..], &["--out", linear.to_str().unwrap()]].concat()));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(linear.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["hidden"], serde_json::json!([]));
+    assert_eq!(config["model"]["latent"], 3, "a code as wide as wine's three classes");
 }
 
 #[test]
@@ -249,6 +257,18 @@ fn mistakes_get_clear_errors() {
         out.to_str().unwrap(),
     ]));
     assert!(e.contains("--noise-level"), "{e}");
+    let e = error(&stdac(&[
+        "train",
+        "--model",
+        "ae",
+        "--dataset",
+        "iris",
+        "--hidden",
+        "64,x",
+        "--out",
+        "unused",
+    ]));
+    assert!(e.contains("\"x\" is not a layer width"), "{e}");
     // Search needs a latent space: an ST-DAC run folder is refused by name.
     let st_dac = dir.path().join("st-dac");
     std::fs::create_dir_all(&st_dac).unwrap();
