@@ -5,8 +5,10 @@
 //! - [`serial`]: opens a Linux serial port (or pseudo-terminal) as an embedded-io stream.
 //! - [`centroids`]: nearest-centroid assignment with distance and margin.
 //! - [`preprocess`]: a captured picture of any size → the model's 28×28 grey input.
+//! - [`bundle`]: the `NAME.stdac` model file flashed onto a board: manifest, ONNX graph, checksum.
 //! - [`cli`]: the `stdac-device` command line, shared by the firmware binary and `stdac device`.
 
+pub mod bundle;
 pub mod centroids;
 pub mod cli;
 pub mod link;

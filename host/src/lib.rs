@@ -3,6 +3,7 @@
 //! - [`backend`]: the tensor backend (CPU, or CUDA with `--features cuda`), chosen in one place.
 //! - [`st_dac`]: the ST-DAC model and its training.
 //! - [`autoencoder`]: the autoencoders and DCN, their training and retrieval.
+//! - [`export`]: trained models as ONNX graphs.
 //! - [`data`]: datasets (MNIST, Fashion-MNIST, iris, wine, synthetic control, image folders).
 //! - [`figures`]: PNG figures (confusion matrix, curves, sample grids, latent scatter).
 //! - [`kmeans`]: k-means++ and Lloyd, deterministic and multi-threaded.
@@ -16,6 +17,7 @@
 pub mod autoencoder;
 pub mod backend;
 pub mod data;
+pub mod export;
 pub mod figures;
 pub mod kmeans;
 pub mod local_device;

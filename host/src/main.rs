@@ -22,7 +22,7 @@ use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
 use stdac::st_dac::train::{self as st_dac_train, TrainConfig};
 use stdac::st_dac::{StDacConfig, StnPosition};
 use stdac::transport::{DeviceClient, LinkConfig};
-use stdac::{figures, selftest};
+use stdac::{export, figures, selftest};
 use stdac_device::cli::DeviceArgs;
 
 #[derive(Parser)]
@@ -64,6 +64,20 @@ enum Command {
         /// the first N test images; transductive, the first N of train and of test.
         #[arg(long)]
         limit: Option<usize>,
+        /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
+        #[arg(long, env = "STDAC_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Export a trained autoencoder run for a board: `model.onnx` (its encoder), `manifest.json` and the
+    /// bundle `NAME.stdac` into --out (NAME: the folder's name), checked with tract against the trained
+    /// model on the run's scored samples first.
+    Export {
+        /// Run folder of an image autoencoder family model (the --out of `stdac train`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output folder, e.g. models/mnist-dcn.
+        #[arg(long)]
+        out: PathBuf,
         /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
         #[arg(long, env = "STDAC_DATA")]
         data: Option<PathBuf>,
@@ -373,6 +387,7 @@ fn main() {
         Command::Baseline(args) => baseline(&args),
         Command::Train(args) => train(&args),
         Command::Eval { checkpoint, limit, data } => eval(&checkpoint, limit, data.as_deref()),
+        Command::Export { checkpoint, out, data } => export_cmd(&checkpoint, &out, data.as_deref()),
         Command::Search { checkpoint, query, query_index, k, grid, data } => {
             search_cmd(&checkpoint, query.as_deref(), query_index, k, grid, data.as_deref())
         }
@@ -631,6 +646,43 @@ fn eval_autoencoder(
         None => serde_json::json!({ "n": null }),
     };
     json["reconstruction_mse"] = evaluation.reconstruction_mse.into();
+    println!("{json}");
+    Ok(())
+}
+
+fn export_cmd(
+    checkpoint: &std::path::Path,
+    out: &std::path::Path,
+    data: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let run = RunDir::existing(checkpoint)?;
+    ensure!(
+        run.family()? == ae_train::FAMILY,
+        "{}: only autoencoder family runs export so far (ST-DAC's exporter is not written yet)",
+        checkpoint.display()
+    );
+    let e = export::export_autoencoder(&run, out, data)?;
+    println!(
+        "checked with tract {} on {}: codes within {:.2e} of burn's, {:.2} % assigned alike",
+        export::TRACT_VERSION,
+        e.checked_on,
+        e.max_abs_diff,
+        100.0 * e.agreement
+    );
+    for path in &e.written {
+        println!("wrote {}", path.display());
+    }
+    let mut json = serde_json::json!({
+        "bundle": e.bundle.display().to_string(),
+        "bytes": e.bundle_bytes,
+        "sha256": e.bundle_sha256,
+        "max_abs_diff": e.max_abs_diff,
+        "cluster_agreement": e.agreement,
+        "novelty_threshold": e.novelty_threshold,
+    });
+    if let Some(scores) = &e.scores {
+        json["scores"] = scores.to_json();
+    }
     println!("{json}");
     Ok(())
 }

@@ -228,6 +228,50 @@ fn search_finds_the_nearest_training_images_by_picture_or_index() {
 }
 
 #[test]
+fn an_image_model_exports_to_onnx_and_a_bundle_that_tract_agrees_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = mnist_run(dir.path(), "dcn", &[]);
+    let out = dir.path().join("models/tiny-dcn");
+    let stdout =
+        ok(&stdac(&["export", "--checkpoint", run.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let report = last_json(&stdout);
+    assert!(f(&report, "max_abs_diff") < 1e-4, "{report}");
+    assert_eq!(f(&report, "cluster_agreement"), 1.0, "{report}");
+    // The scores through tract are the run's own (the same clusters).
+    let eval = last_json(&ok(&stdac(&["eval", "--checkpoint", run.to_str().unwrap()])));
+    assert_eq!(report["scores"]["acc"], eval["acc"]);
+
+    let bundle = stdac_device::bundle::Bundle::read(&out.join("tiny-dcn.stdac")).unwrap();
+    let m = &bundle.manifest;
+    assert_eq!((m.name.as_str(), m.family.as_str()), ("tiny-dcn", "autoencoder"));
+    assert_eq!((m.input.name.as_str(), &m.input.shape[..]), ("image", &[-1, 1, 28, 28][..]));
+    assert_eq!((m.embedding_dim, m.clusters, m.centroids.len()), (8, 10, 80));
+    assert_eq!(m.class_names.len(), 10);
+    assert!(m.novelty_threshold.unwrap() > 0.0);
+    assert_eq!(bundle.graph, std::fs::read(out.join("model.onnx")).unwrap());
+    let (_, _, state) = load_trained(&RunDir::existing(&run).unwrap()).unwrap();
+    assert_eq!(m.centroids, state.centroids, "the board gets the run's own centroids");
+    assert_eq!(report["sha256"].as_str().unwrap(), bundle.sha256());
+
+    // Tables are not for a camera board.
+    let table = dir.path().join("iris");
+    ok(&stdac(&[
+        "train",
+        "--model",
+        "ae",
+        "--dataset",
+        "iris",
+        "--epochs",
+        "2",
+        "--out",
+        table.to_str().unwrap(),
+    ]));
+    let e =
+        error(&stdac(&["export", "--checkpoint", table.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    assert!(e.contains("a table") && e.contains("iris"), "{e}");
+}
+
+#[test]
 fn mistakes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x");

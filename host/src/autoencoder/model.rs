@@ -12,6 +12,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::export::onnx::Layer;
+
 /// The encoder and decoder's kind of layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Architecture {
@@ -42,6 +44,8 @@ pub struct AutoencoderConfig {
 
 /// Channels of the convolutional encoder's three layers (and, reversed, the decoder's).
 const CONV_CHANNELS: [usize; 3] = [32, 64, 128];
+/// Kernel and padding of the encoder's convolutions (all of stride 2): 28 → 14 → 7 → 3.
+const CONV_KERNELS: [(usize, usize); 3] = [(5, 2), (5, 2), (3, 0)];
 /// The last convolution's map is 128 × 3 × 3.
 const CONV_MAP: usize = 3;
 
@@ -90,8 +94,9 @@ impl AutoencoderConfig {
                     .with_padding_out([extra, extra])
                     .init(device)
             };
+            let [(k1, p1), (k2, p2), (k3, p3)] = CONV_KERNELS;
             (
-                vec![down(1, c1, 5, 2), down(c1, c2, 5, 2), down(c2, c3, 3, 0)],
+                vec![down(1, c1, k1, p1), down(c1, c2, k2, p2), down(c2, c3, k3, p3)],
                 vec![up(c3, c2, 3, 0, 0), up(c2, c1, 5, 2, 1), up(c1, 1, 5, 2, 1)],
                 c3 * CONV_MAP * CONV_MAP,
             )
@@ -186,6 +191,43 @@ impl<B: Backend> Autoencoder<B> {
 
     pub fn is_variational(&self) -> bool {
         self.log_var.is_some()
+    }
+
+    /// The encoder, up to the code (the posterior mean, for a VAE), as layers for the exporter. A
+    /// convolutional encoder starts on the [N, 1, 28, 28] image, a dense one on [N, input_dim].
+    pub fn encoder_layers(&self) -> Vec<Layer> {
+        let values = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().expect("f32") };
+        let mut layers = Vec::new();
+        for (conv, &(kernel, padding)) in self.enc_conv.iter().zip(&CONV_KERNELS) {
+            let [out, input, _, _] = conv.weight.dims();
+            layers.push(Layer::Conv {
+                weight: values(conv.weight.val().flatten(0, 3)),
+                bias: conv.bias.as_ref().map_or(vec![0.0; out], |b| values(b.val())),
+                channels: [input, out],
+                kernel: [kernel; 2],
+                stride: [2, 2],
+                padding: [padding; 2],
+            });
+            layers.push(Layer::Relu);
+        }
+        if !self.enc_conv.is_empty() {
+            layers.push(Layer::Flatten);
+        }
+        let dense = |linear: &Linear<B>| {
+            let [inputs, outputs] = linear.weight.dims();
+            Layer::Dense {
+                weight: values(linear.weight.val().flatten(0, 1)),
+                bias: linear.bias.as_ref().map_or(vec![0.0; outputs], |b| values(b.val())),
+                inputs,
+                outputs,
+            }
+        };
+        for linear in &self.enc_dense {
+            layers.push(dense(linear));
+            layers.push(Layer::Relu);
+        }
+        layers.push(dense(&self.mean));
+        layers
     }
 }
 
