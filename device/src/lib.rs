@@ -6,11 +6,13 @@
 //! - [`centroids`]: nearest-centroid assignment with distance and margin.
 //! - [`preprocess`]: a captured picture of any size → the model's 28×28 grey input.
 //! - [`bundle`]: the `NAME.stdac` model file flashed onto a board: manifest, ONNX graph, checksum.
+//! - [`engine`]: a bundle's graph run by tract, each frame assigned to its nearest centroid.
 //! - [`cli`]: the `stdac-device` command line, shared by the firmware binary and `stdac device`.
 
 pub mod bundle;
 pub mod centroids;
 pub mod cli;
+pub mod engine;
 pub mod link;
 pub mod preprocess;
 pub mod serial;

@@ -58,12 +58,25 @@ enum Command {
     /// reconstructions, denoising) into the run folder; the last line of output is the metrics JSON.
     Eval {
         /// Run folder (the --out of `stdac train`).
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        checkpoint: Option<PathBuf>,
+        /// Instead of a run, a bundle (NAME.stdac) evaluated through the board's inference engine on
+        /// --dataset, one frame at a time.
+        #[arg(long, requires = "dataset")]
+        bundle: Option<PathBuf>,
+        /// With --bundle: the images to assign (mnist, fashion-mnist or a folder of pictures).
         #[arg(long)]
-        checkpoint: PathBuf,
+        dataset: Option<Source>,
+        /// With --bundle: which split (default test).
+        #[arg(long, value_enum)]
+        split: Option<Split>,
         /// Take the first N images of each split (default: the run's own --limit). Held out, that is
         /// the first N test images; transductive, the first N of train and of test.
         #[arg(long)]
         limit: Option<usize>,
+        /// With --bundle: write the cluster of every image, one per line, in dataset order.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
         /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
         #[arg(long, env = "STDAC_DATA")]
         data: Option<PathBuf>,
@@ -386,7 +399,21 @@ fn main() {
         Command::Metrics { truth, pred, confusion } => metrics_cmd(&truth, &pred, confusion.as_deref()),
         Command::Baseline(args) => baseline(&args),
         Command::Train(args) => train(&args),
-        Command::Eval { checkpoint, limit, data } => eval(&checkpoint, limit, data.as_deref()),
+        Command::Eval { checkpoint: Some(checkpoint), limit, data, .. } => {
+            eval(&checkpoint, limit, data.as_deref())
+        }
+        Command::Eval {
+            bundle: Some(bundle),
+            dataset: Some(dataset),
+            split,
+            limit,
+            predictions,
+            data,
+            ..
+        } => eval_bundle(&bundle, &dataset, split, limit, predictions.as_deref(), data.as_deref()),
+        Command::Eval { .. } => {
+            Err(anyhow::anyhow!("give --checkpoint RUN, or --bundle FILE --dataset NAME"))
+        }
         Command::Export { checkpoint, out, data } => export_cmd(&checkpoint, &out, data.as_deref()),
         Command::Search { checkpoint, query, query_index, k, grid, data } => {
             search_cmd(&checkpoint, query.as_deref(), query_index, k, grid, data.as_deref())
@@ -647,6 +674,44 @@ fn eval_autoencoder(
     };
     json["reconstruction_mse"] = evaluation.reconstruction_mse.into();
     println!("{json}");
+    Ok(())
+}
+
+fn eval_bundle(
+    path: &std::path::Path,
+    source: &Source,
+    split: Option<Split>,
+    limit: Option<usize>,
+    predictions: Option<&std::path::Path>,
+    data: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let engine = stdac_device::engine::Engine::from_file(path)?;
+    let images = data::load(source, split, limit, data)?;
+    let started = Instant::now();
+    let mut clusters = Vec::with_capacity(images.len());
+    let mut novel = 0usize;
+    for i in 0..images.len() {
+        let a = engine.assign(images.row(i)).with_context(|| format!("{} #{i}", images.name))?;
+        novel += usize::from(a.novel);
+        clusters.push(a.cluster as i64);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{} ({}) on {}: {} images in {:.2} s ({:.0} frames/s, one at a time), {novel} novel",
+        path.display(),
+        engine.manifest().name,
+        images.name,
+        images.len(),
+        seconds,
+        images.len() as f64 / seconds
+    );
+    if let Some(file) = predictions {
+        let text: String = clusters.iter().map(|c| format!("{c}\n")).collect();
+        std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    let labels =
+        images.labels.as_ref().with_context(|| format!("{} has no labels to score against", images.name))?;
+    println!("{}", Scores::of(labels, &clusters).to_json());
     Ok(())
 }
 

@@ -253,6 +253,38 @@ fn an_image_model_exports_to_onnx_and_a_bundle_that_tract_agrees_with() {
     assert_eq!(m.centroids, state.centroids, "the board gets the run's own centroids");
     assert_eq!(report["sha256"].as_str().unwrap(), bundle.sha256());
 
+    // The board's engine, one frame at a time, assigns every image as the trained run does.
+    let predictions = dir.path().join("bundle-predictions.txt");
+    let through_engine = last_json(&ok(&stdac(&[
+        "eval",
+        "--bundle",
+        out.join("tiny-dcn.stdac").to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--limit",
+        "256",
+        "--predictions",
+        predictions.to_str().unwrap(),
+    ])));
+    assert_eq!(through_engine, {
+        let mut scores = eval.clone();
+        scores.as_object_mut().unwrap().remove("reconstruction_mse");
+        scores
+    });
+    assert_eq!(
+        std::fs::read_to_string(&predictions).unwrap(),
+        std::fs::read_to_string(run.join("predictions.txt")).unwrap()
+    );
+    // A damaged bundle is refused by name.
+    let mut bytes = std::fs::read(out.join("tiny-dcn.stdac")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    let damaged = dir.path().join("damaged.stdac");
+    std::fs::write(&damaged, bytes).unwrap();
+    let e =
+        error(&stdac(&["eval", "--bundle", damaged.to_str().unwrap(), "--dataset", "mnist", "--limit", "4"]));
+    assert!(e.contains("damaged.stdac") && e.to_lowercase().contains("checksum"), "{e}");
+
     // Tables are not for a camera board.
     let table = dir.path().join("iris");
     ok(&stdac(&[

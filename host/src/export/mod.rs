@@ -25,8 +25,8 @@ use crate::metrics::Scores;
 use crate::run::{write_atomic, RunDir};
 use onnx::{GraphBuilder, Input, Layer};
 
-/// The tract-onnx version the graphs are made for and checked with (the workspace pins it).
-pub const TRACT_VERSION: &str = "0.23.9";
+/// The tract-onnx version the graphs are made for: the board's engine's.
+pub use stdac_device::engine::TRACT_VERSION;
 
 /// Share of the training samples whose distance to their centroid is below the novelty threshold.
 const NOVELTY_QUANTILE: f64 = 0.99;
