@@ -186,6 +186,34 @@ fn the_convolutional_and_masking_variants_train() {
 }
 
 #[test]
+fn a_folder_of_pictures_trains_and_evaluates_with_its_subfolders_as_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let pictures = dir.path().join("captures");
+    let mnist = data::load(&Source::Mnist, Some(Split::Test), Some(200), None).unwrap();
+    let labels = mnist.labels.as_ref().unwrap();
+    for digit in [0i64, 1] {
+        let folder = pictures.join(format!("digit-{digit}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for (n, i) in (0..mnist.len()).filter(|&i| labels[i] == digit).take(12).enumerate() {
+            let pixels: Vec<u8> = mnist.row(i).iter().map(|&v| (v * 255.0).round() as u8).collect();
+            // Bigger than the model's input, as a camera's would be: the loader brings them to 28 × 28.
+            let picture = image::GrayImage::from_raw(28, 28, pixels).unwrap();
+            let big = image::imageops::resize(&picture, 56, 56, image::imageops::FilterType::Triangle);
+            big.save(folder.join(format!("{n}.png"))).unwrap();
+        }
+    }
+    let run = dir.path().join("run");
+    let folder = pictures.to_str().unwrap();
+    ok(&stdac(&[
+        "train", "--model", "ae", "--dataset", folder, "--epochs", "3", "--batch", "8", "--hidden", "64", "--latent",
+        "4", "--out", run.to_str().unwrap(),
+    ]));
+    let scores = last_json(&ok(&stdac(&["eval", "--checkpoint", run.to_str().unwrap()])));
+    assert_eq!(scores["n"], 24, "every picture scored: {scores}");
+    assert!(run.join("reconstructions.png").is_file() && run.join("latent.png").is_file());
+}
+
+#[test]
 fn search_finds_the_nearest_training_images_by_picture_or_index() {
     let dir = tempfile::tempdir().unwrap();
     let run = mnist_run(dir.path(), "ae", &[]);
