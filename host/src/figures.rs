@@ -197,6 +197,10 @@ fn evenly_spaced(n: usize, max: usize) -> Vec<usize> {
     }
 }
 
+/// One panel of [`latent_scatter`]: its name, the palette index of each shown point, and its legend (palette
+/// index and name of each cluster or class present among the shown points, in order).
+type ScatterPanel<'a> = (&'a str, Vec<usize>, Vec<(usize, String)>);
+
 /// Draws a 2-D view of latent codes (`points`, n × 2 row-major, one point per entry of `clusters`) as a
 /// scatter plot coloured by cluster (left, "by cluster") and, when `labels` is given, the same points
 /// coloured by true label (right, "by label", named from `class_names` where a label indexes it). Each panel
@@ -259,9 +263,7 @@ pub fn latent_scatter(
     let (x_min, x_max) = padded(x_min, x_max);
     let (y_min, y_max) = padded(y_min, y_max);
 
-    // Per panel: its name, the palette index of each shown point, and its legend (palette index and name
-    // of each cluster or class present among the shown points, in order).
-    let mut panels: Vec<(&str, Vec<usize>, Vec<(usize, String)>)> = Vec::new();
+    let mut panels: Vec<ScatterPanel> = Vec::new();
     let present: std::collections::BTreeSet<usize> = shown.iter().map(|&i| clusters[i]).collect();
     let legend = present.into_iter().map(|c| (c, format!("cluster {c}"))).collect();
     panels.push(("by cluster", shown.iter().map(|&i| clusters[i]).collect(), legend));

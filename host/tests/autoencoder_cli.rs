@@ -205,8 +205,21 @@ fn a_folder_of_pictures_trains_and_evaluates_with_its_subfolders_as_labels() {
     let run = dir.path().join("run");
     let folder = pictures.to_str().unwrap();
     ok(&stdac(&[
-        "train", "--model", "ae", "--dataset", folder, "--epochs", "3", "--batch", "8", "--hidden", "64", "--latent",
-        "4", "--out", run.to_str().unwrap(),
+        "train",
+        "--model",
+        "ae",
+        "--dataset",
+        folder,
+        "--epochs",
+        "3",
+        "--batch",
+        "8",
+        "--hidden",
+        "64",
+        "--latent",
+        "4",
+        "--out",
+        run.to_str().unwrap(),
     ]));
     let scores = last_json(&ok(&stdac(&["eval", "--checkpoint", run.to_str().unwrap()])));
     assert_eq!(scores["n"], 24, "every picture scored: {scores}");
