@@ -148,8 +148,8 @@ impl State {
     }
 }
 
-/// DCN's centroids start with this many samples' worth of inertia, as in the authors' code, so the first
-/// batches do not throw them about.
+/// DCN's centroids start with this many samples' worth of inertia (their first steps are 1/101, 1/102, …),
+/// so the first batches of the joint phase do not throw the k-means solution about.
 const DCN_INITIAL_COUNT: f64 = 100.0;
 
 /// Samples encoded at once outside training.
