@@ -591,8 +591,20 @@ fn train_autoencoder(args: &TrainArgs, kind: Kind) -> anyhow::Result<()> {
         NoiseKind::Gaussian => Noise::Gaussian { std: args.noise_level },
         NoiseKind::Masking => Noise::Masking { fraction: args.noise_level },
     });
-    if let Some(Noise::Masking { fraction }) = noise {
-        ensure!((0.0..1.0).contains(&fraction), "--noise-level of masking is a share of features, in [0, 1)");
+    match noise {
+        Some(Noise::Masking { fraction }) => {
+            ensure!(
+                (0.0..1.0).contains(&fraction),
+                "--noise-level of masking is a share of features, in [0, 1)"
+            )
+        }
+        Some(Noise::Gaussian { std }) => {
+            ensure!(
+                std.is_finite() && std >= 0.0,
+                "--noise-level of gaussian noise is a standard deviation, ≥ 0"
+            )
+        }
+        None => {}
     }
     let config = AeTrainConfig::new(
         ae_train::FAMILY.to_string(),

@@ -377,6 +377,17 @@ fn mistakes_get_clear_errors() {
     let e = error(&stdac(&[
         "train",
         "--model",
+        "dae",
+        "--dataset",
+        "iris",
+        "--noise-level=-0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(e.contains("standard deviation"), "{e}");
+    let e = error(&stdac(&[
+        "train",
+        "--model",
         "ae",
         "--dataset",
         "iris",
