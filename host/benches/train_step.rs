@@ -7,8 +7,6 @@
 //! is printed. Without `--bench` (as `cargo test --benches` runs it) it takes one step at batch 8 and
 //! skips the peer.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use burn::optim::AdamConfig;
@@ -20,25 +18,8 @@ use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
 use stdac::st_dac::train::{batch_tensor, train_step, Protocol, TrainConfig};
 use stdac::st_dac::{StDac, StDacConfig, StnPosition};
 
-/// PyTorch's images per second, or why it could not be measured.
-fn time_torch(images: &[f32], n: usize, steps: usize, threads: usize) -> Result<serde_json::Value, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = dir.path().join("images.f32");
-    let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/st_dac_step.py");
-    let device = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };
-    let output = Command::new("python3")
-        .arg(&script)
-        .args([path.to_str().unwrap(), &n.to_string(), &steps.to_string(), &threads.to_string(), device])
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("").to_string());
-    }
-    let line = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(line.trim()).map_err(|e| format!("{e}: {line}"))
-}
+#[path = "common/torch_peer.rs"]
+mod torch_peer;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -94,7 +75,7 @@ fn main() {
         return;
     }
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    match time_torch(&mnist.features, n, steps, threads) {
+    match torch_peer::run("st_dac_step.py", &mnist.features, n, steps, threads) {
         Ok(peer) => {
             let theirs = peer["images_per_s"].as_f64().unwrap();
             println!(

@@ -107,6 +107,19 @@ impl RunDir {
         Ok(Some(dir))
     }
 
+    /// The newest complete checkpoint; an error saying to train first when there is none.
+    pub fn finished_checkpoint(&self) -> anyhow::Result<PathBuf> {
+        self.latest_checkpoint()?
+            .with_context(|| format!("{} has no finished epoch yet: train it first", self.path.display()))
+    }
+
+    /// The run's configuration as `C`; `what` names the kind expected in the error, e.g. "ST-DAC".
+    pub fn load_config<C: burn::config::Config>(&self, what: &str) -> anyhow::Result<C> {
+        C::load(self.config_path()).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid {what} configuration: {e}", self.config_path().display())
+        })
+    }
+
     /// Writes a checkpoint for `epoch` with `save` (which fills the folder it is given), then makes it
     /// the latest and removes the older ones.
     pub fn checkpoint(

@@ -15,7 +15,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use burn::config::Config;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -378,12 +377,8 @@ pub fn score(d: &Dataset, clusters: &[usize]) -> Option<Scores> {
 /// A trained run: its configuration, the model of its latest checkpoint and that checkpoint's state
 /// (with the centroids).
 pub fn load_trained(run: &RunDir) -> anyhow::Result<(AeTrainConfig, Autoencoder<Backend>, State)> {
-    let config = AeTrainConfig::load(run.config_path()).map_err(|e| {
-        anyhow::anyhow!("{}: not a valid autoencoder configuration: {e}", run.config_path().display())
-    })?;
-    let dir = run
-        .latest_checkpoint()?
-        .with_context(|| format!("{} has no finished epoch yet: train it first", run.path().display()))?;
+    let config: AeTrainConfig = run.load_config("autoencoder")?;
+    let dir = run.finished_checkpoint()?;
     let device = backend::device()?;
     let model = run::load_model(&dir, config.model.init(&device), &device)?;
     let state: State = run::load_state(&dir)?;

@@ -294,12 +294,8 @@ fn quarter_mean(values: &[f64], last: bool) -> f64 {
 
 /// The model of a run's latest checkpoint, ready for evaluation.
 pub fn load_trained(run: &RunDir) -> anyhow::Result<(TrainConfig, StDac<Backend>)> {
-    let config = TrainConfig::load(run.config_path()).map_err(|e| {
-        anyhow::anyhow!("{}: not a valid ST-DAC configuration: {e}", run.config_path().display())
-    })?;
-    let dir = run
-        .latest_checkpoint()?
-        .with_context(|| format!("{} has no finished epoch yet: train it first", run.path().display()))?;
+    let config: TrainConfig = run.load_config("ST-DAC")?;
+    let dir = run.finished_checkpoint()?;
     let device = backend::device()?;
     let model = run::load_model(&dir, config.model.init(&device), &device)?;
     Ok((config, model))
