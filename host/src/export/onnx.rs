@@ -69,27 +69,32 @@ impl GraphBuilder {
 
     /// A float constant of shape `dims`.
     pub fn constant(&mut self, hint: &str, dims: &[usize], values: &[f32]) -> String {
-        assert_eq!(dims.iter().product::<usize>(), values.len(), "{hint}: shape and values disagree");
-        let name = self.fresh(hint);
-        self.initializers.push(TensorProto {
-            name: name.clone(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(hint, dims, values.len(), DataType::Float, raw)
     }
 
     /// An int64 constant of shape `dims`.
     pub fn constant_i64(&mut self, hint: &str, dims: &[usize], values: &[i64]) -> String {
-        assert_eq!(dims.iter().product::<usize>(), values.len(), "{hint}: shape and values disagree");
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(hint, dims, values.len(), DataType::Int64, raw)
+    }
+
+    /// A constant of `len` values of `data_type`, little-endian in `raw`.
+    fn initializer(
+        &mut self,
+        hint: &str,
+        dims: &[usize],
+        len: usize,
+        data_type: DataType,
+        raw: Vec<u8>,
+    ) -> String {
+        assert_eq!(dims.iter().product::<usize>(), len, "{hint}: shape and values disagree");
         let name = self.fresh(hint);
         self.initializers.push(TensorProto {
             name: name.clone(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int64 as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
             ..Default::default()
         });
         name
@@ -216,10 +221,6 @@ pub fn ints(name: &str, values: &[i64]) -> AttributeProto {
         ints: values.to_vec(),
         ..Default::default()
     }
-}
-
-pub fn float(name: &str, value: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: value, ..Default::default() }
 }
 
 /// The model's protobuf bytes.
