@@ -47,6 +47,8 @@ pub struct Engine {
     manifest: Manifest,
     plan: Plan,
     centroids: Centroids,
+    /// The input tensor's shape for one frame (the batch fixed to 1), e.g. [1, 1, 28, 28].
+    frame_shape: Vec<usize>,
     /// Values per frame (e.g. 784 for one 28 × 28 grey image).
     frame_len: usize,
     /// Position of `embedding` among the graph's outputs.
@@ -72,16 +74,17 @@ impl Engine {
             .position(|o| o == "embedding")
             .ok_or_else(|| graph_error("the manifest names no `embedding` output".into()))?;
         // One frame at a time: the batch dimension is fixed to 1 for the single-frame plan.
-        let dims: Vec<usize> = m.input.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
-        let frame_len = dims.iter().product();
+        let frame_shape: Vec<usize> =
+            m.input.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
+        let frame_len = frame_shape.iter().product();
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bundle.graph[..])
-            .and_then(|model| model.with_input_fact(0, f32::fact(&dims).into()))
+            .and_then(|model| model.with_input_fact(0, f32::fact(&frame_shape).into()))
             .and_then(|model| model.into_optimized())
             .and_then(|model| model.into_runnable())
             .map_err(|e| graph_error(format!("tract cannot load the graph: {e:#}")))?;
         let centroids = Centroids::new(m.centroids.clone(), m.embedding_dim, metric);
-        Ok(Engine { manifest: m, plan, centroids, frame_len, embedding_output })
+        Ok(Engine { manifest: m, plan, centroids, frame_shape, frame_len, embedding_output })
     }
 
     /// Reads, checks and loads the bundle file at `path`.
@@ -102,9 +105,8 @@ impl Engine {
                 what: format!("{} {:?}", self.manifest.input.name, self.manifest.input.shape),
             });
         }
-        let shape: Vec<usize> =
-            self.manifest.input.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
-        let input = Tensor::from_shape(&shape, frame).map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        let input =
+            Tensor::from_shape(&self.frame_shape, frame).map_err(|e| EngineError::Run(format!("{e:#}")))?;
         let outputs = self.plan.run(tvec!(input.into())).map_err(|e| EngineError::Run(format!("{e:#}")))?;
         let embedding = outputs[self.embedding_output]
             .to_plain_array_view::<f32>()

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend as _;
+use burn::tensor::Tensor;
 
 use super::model::Autoencoder;
 use super::train::{assign, encode_all, load_trained, rows_tensor, score, AeTrainConfig, Kind};
@@ -95,9 +96,9 @@ pub fn evaluate(run: &RunDir, data: Option<&Path>, limit: Option<usize>) -> anyh
             SAMPLES,
             &out("clusters.png"),
         )?;
-        draw_reconstructions(&model, &samples, size, &title, &out("reconstructions.png"))?;
+        draw_reconstructions(&model, &samples, size, &title, &device, &out("reconstructions.png"))?;
         if config.kind == Kind::Dae {
-            draw_denoising(&model, &config, &samples, size, &title, &out("denoising.png"))?;
+            draw_denoising(&model, &config, &samples, size, &title, &device, &out("denoising.png"))?;
         }
     }
     let text: String = clusters.iter().map(|c| format!("{c}\n")).collect();
@@ -133,18 +134,13 @@ fn draw_reconstructions(
     d: &Dataset,
     size: (usize, usize),
     title: &str,
+    device: &backend::Device,
     path: &Path,
 ) -> anyhow::Result<()> {
     let rows: Vec<usize> = (0..d.len().min(SAMPLES)).collect();
-    let device = backend::device()?;
-    let x = rows_tensor::<Backend>(d, &rows, &device);
+    let x = rows_tensor::<Backend>(d, &rows, device);
     let r = model.forward(x.clone(), false).reconstruction;
-    let row = |label: &str, t: burn::tensor::Tensor<Backend, 2>| ImageRow {
-        label: label.to_string(),
-        images: t.into_data().to_vec().expect("f32 pixels"),
-        captions: Vec::new(),
-    };
-    let figure = [row("input", x), row("reconstruction", r)];
+    let figure = [image_row("input", x), image_row("reconstruction", r)];
     figures::image_rows(&figure, size, &format!("{title}: reconstructions"), path)
 }
 
@@ -156,22 +152,26 @@ fn draw_denoising(
     d: &Dataset,
     size: (usize, usize),
     title: &str,
+    device: &backend::Device,
     path: &Path,
 ) -> anyhow::Result<()> {
     let Some(noise) = config.noise else { return Ok(()) };
     let rows: Vec<usize> = (0..d.len().min(SAMPLES)).collect();
-    let device = backend::device()?;
-    Backend::seed(&device, config.seed);
-    let clean = rows_tensor::<Backend>(d, &rows, &device);
+    Backend::seed(device, config.seed);
+    let clean = rows_tensor::<Backend>(d, &rows, device);
     let noisy = noise.apply(clean.clone()).clamp(0.0, 1.0);
     let denoised = model.forward(noisy.clone(), false).reconstruction;
-    let row = |label: &str, t: burn::tensor::Tensor<Backend, 2>| ImageRow {
-        label: label.to_string(),
-        images: t.into_data().to_vec().expect("f32 pixels"),
-        captions: Vec::new(),
-    };
-    let figure = [row("clean", clean), row("noisy", noisy), row("denoised", denoised)];
+    let figure = [image_row("clean", clean), image_row("noisy", noisy), image_row("denoised", denoised)];
     figures::image_rows(&figure, size, &format!("{title}: denoising"), path)
+}
+
+/// A labelled row of a batch of images, for [`figures::image_rows`].
+fn image_row(label: &str, images: Tensor<Backend, 2>) -> ImageRow {
+    ImageRow {
+        label: label.to_string(),
+        images: images.into_data().to_vec().expect("f32 pixels"),
+        captions: Vec::new(),
+    }
 }
 
 /// `key` of every epoch record that has it, against the epoch.

@@ -97,7 +97,8 @@ impl AutoencoderConfig {
             let [(k1, p1), (k2, p2), (k3, p3)] = CONV_KERNELS;
             (
                 vec![down(1, c1, k1, p1), down(c1, c2, k2, p2), down(c2, c3, k3, p3)],
-                vec![up(c3, c2, 3, 0, 0), up(c2, c1, 5, 2, 1), up(c1, 1, 5, 2, 1)],
+                // The mirror image; the output padding brings 3 → 7 and 7 → 14 → 28 back exactly.
+                vec![up(c3, c2, k3, p3, 0), up(c2, c1, k2, p2, 1), up(c1, 1, k1, p1, 1)],
                 c3 * CONV_MAP * CONV_MAP,
             )
         } else {
@@ -187,10 +188,6 @@ impl<B: Backend> Autoencoder<B> {
         };
         let reconstruction = self.decode(code.clone());
         Pass { code, mean, log_var, reconstruction }
-    }
-
-    pub fn is_variational(&self) -> bool {
-        self.log_var.is_some()
     }
 
     /// The encoder, up to the code (the posterior mean, for a VAE), as layers for the exporter. A

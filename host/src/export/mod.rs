@@ -160,11 +160,12 @@ pub fn export_autoencoder(run: &RunDir, out: &Path, data: Option<&Path>) -> anyh
     write_atomic(&manifest_path, serde_json::to_string_pretty(&bundle.manifest)?.as_bytes())?;
     let bundle_path = out.join(format!("{name}.stdac"));
     bundle.write_atomic(&bundle_path)?;
+    let bytes = bundle.to_bytes();
     Ok(Exported {
         written: vec![onnx_path, manifest_path, bundle_path.clone()],
         bundle: bundle_path,
-        bundle_bytes: bundle.to_bytes().len(),
-        bundle_sha256: bundle.sha256(),
+        bundle_bytes: bytes.len(),
+        bundle_sha256: stdac_device::bundle::sha256_hex(&bytes),
         checked_on: checked.name,
         max_abs_diff,
         agreement,

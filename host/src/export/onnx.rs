@@ -20,12 +20,6 @@ const IR_VERSION: i64 = 8;
 pub enum Layer {
     /// [N, …] → [N, product of the rest].
     Flatten,
-    /// [N, features] → [N, channels, height, width].
-    Unflatten {
-        channels: usize,
-        height: usize,
-        width: usize,
-    },
     /// y = x·W + b with `weight` [inputs, outputs] row-major (burn's layout).
     Dense {
         weight: Vec<f32>,
@@ -69,32 +63,13 @@ impl GraphBuilder {
 
     /// A float constant of shape `dims`.
     pub fn constant(&mut self, hint: &str, dims: &[usize], values: &[f32]) -> String {
-        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.initializer(hint, dims, values.len(), DataType::Float, raw)
-    }
-
-    /// An int64 constant of shape `dims`.
-    pub fn constant_i64(&mut self, hint: &str, dims: &[usize], values: &[i64]) -> String {
-        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.initializer(hint, dims, values.len(), DataType::Int64, raw)
-    }
-
-    /// A constant of `len` values of `data_type`, little-endian in `raw`.
-    fn initializer(
-        &mut self,
-        hint: &str,
-        dims: &[usize],
-        len: usize,
-        data_type: DataType,
-        raw: Vec<u8>,
-    ) -> String {
-        assert_eq!(dims.iter().product::<usize>(), len, "{hint}: shape and values disagree");
+        assert_eq!(dims.iter().product::<usize>(), values.len(), "{hint}: shape and values disagree");
         let name = self.fresh(hint);
         self.initializers.push(TensorProto {
             name: name.clone(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type as i32,
-            raw_data: raw,
+            data_type: DataType::Float as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         });
         name
@@ -130,14 +105,6 @@ impl GraphBuilder {
         for layer in layers {
             x = match layer {
                 Layer::Flatten => self.node("Flatten", &[&x], vec![int("axis", 1)]),
-                Layer::Unflatten { channels, height, width } => {
-                    let shape = self.constant_i64(
-                        "shape",
-                        &[4],
-                        &[-1, *channels as i64, *height as i64, *width as i64],
-                    );
-                    self.node("Reshape", &[&x, &shape], Vec::new())
-                }
                 Layer::Dense { weight, bias, inputs, outputs } => {
                     let w = self.constant("dense_w", &[*inputs, *outputs], weight);
                     let b = self.constant("dense_b", &[*outputs], bias);
