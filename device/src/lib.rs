@@ -4,9 +4,10 @@
 //! - [`server`]: answers the host's requests.
 //! - [`serial`]: opens a Linux serial port (or pseudo-terminal) as an embedded-io stream.
 //! - [`centroids`]: nearest-centroid assignment with distance and margin.
-//! - [`preprocess`]: a captured picture of any size → the model's 28×28 grey input.
+//! - [`preprocess`]: a captured picture of any size (grey, RGB or YUYV) → the model's 28×28 grey input.
 //! - [`bundle`]: the `NAME.stdac` model file flashed onto a board: manifest, ONNX graph, checksum.
 //! - [`engine`]: a bundle's graph run by tract, each frame assigned to its nearest centroid.
+//! - [`warp`]: the spatial transformer's corrected image, redone from θ outside the graph.
 //! - [`cli`]: the `stdac-device` command line, shared by the firmware binary and `stdac device`.
 
 pub mod bundle;
@@ -17,6 +18,11 @@ pub mod link;
 pub mod preprocess;
 pub mod serial;
 pub mod server;
+pub mod warp;
+
+#[cfg(test)]
+#[path = "../tests/support/onnx.rs"]
+mod onnx_support;
 
 pub use link::{Link, LinkError};
 pub use server::Server;

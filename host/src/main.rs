@@ -81,16 +81,27 @@ enum Command {
         #[arg(long, env = "STDAC_DATA")]
         data: Option<PathBuf>,
     },
-    /// Export a trained autoencoder run for a board: `model.onnx` (its encoder), `manifest.json` and the
-    /// bundle `NAME.stdac` into --out (NAME: the folder's name), checked with tract against the trained
-    /// model on the run's scored samples first.
+    /// Export a trained run (ST-DAC or an image autoencoder) for a board: `model.onnx`, `manifest.json`
+    /// and the bundle `NAME.stdac` into --out (NAME: the folder's name), checked with tract against the
+    /// trained model on the run's scored images first.
     Export {
-        /// Run folder of an image autoencoder family model (the --out of `stdac train`).
+        /// Run folder (the --out of `stdac train`).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Output folder, e.g. models/mnist-dcn.
+        /// Output folder, e.g. models/mnist-st-dac.
         #[arg(long)]
         out: PathBuf,
+        /// Weights and activations: float32, or int8 (QLinearConv / QLinearMatMul, per-channel weights,
+        /// calibrated activations; spatial transformers and the last layers stay float).
+        #[arg(long, value_enum, default_value = "none")]
+        quantize: export::Quantization,
+        /// Training images run to calibrate the int8 activations.
+        #[arg(long, default_value_t = 1000)]
+        calib: usize,
+        /// Write the bundle even when the int8 graph fails its checks (agreement ≥ 99.5 %, ACC drop ≤ 0.5
+        /// points); the manifest records the figures either way.
+        #[arg(long)]
+        force: bool,
         /// Folder holding mnist/ and fashion-mnist/ (default: ../shared/datasets).
         #[arg(long, env = "STDAC_DATA")]
         data: Option<PathBuf>,
@@ -414,7 +425,10 @@ fn main() {
         Command::Eval { .. } => {
             Err(anyhow::anyhow!("give --checkpoint RUN, or --bundle FILE --dataset NAME"))
         }
-        Command::Export { checkpoint, out, data } => export_cmd(&checkpoint, &out, data.as_deref()),
+        Command::Export { checkpoint, out, quantize, calib, force, data } => {
+            let options = export::ExportOptions { quantization: quantize, calibration_images: calib, force };
+            export_cmd(&checkpoint, &out, &options, data.as_deref())
+        }
         Command::Search { checkpoint, query, query_index, k, grid, data } => {
             search_cmd(&checkpoint, query.as_deref(), query_index, k, grid, data.as_deref())
         }
@@ -730,22 +744,25 @@ fn eval_bundle(
 fn export_cmd(
     checkpoint: &std::path::Path,
     out: &std::path::Path,
+    options: &export::ExportOptions,
     data: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let run = RunDir::existing(checkpoint)?;
-    ensure!(
-        run.family()? == ae_train::FAMILY,
-        "{}: only autoencoder family runs export so far (ST-DAC's exporter is not written yet)",
-        checkpoint.display()
-    );
-    let e = export::export_autoencoder(&run, out, data)?;
-    println!(
-        "checked with tract {} on {}: codes within {:.2e} of burn's, {:.2} % assigned alike",
-        export::TRACT_VERSION,
-        e.checked_on,
-        e.max_abs_diff,
-        100.0 * e.agreement
-    );
+    let e = export::export(&run, out, data, options)?;
+    let describe = |what: &str, c: &export::Check| {
+        let acc = c.scores.as_ref().map_or(String::new(), |s| format!(", ACC {:.4}", s.acc));
+        println!(
+            "{what} graph in tract {}: embeddings within {:.2e} of burn's on {}, {:.2} % assigned alike{acc}",
+            export::TRACT_VERSION,
+            c.max_abs_diff,
+            e.checked_on,
+            100.0 * c.agreement
+        );
+    };
+    describe("float", &e.float);
+    if let Some(int8) = &e.int8 {
+        describe("int8", int8);
+    }
     for path in &e.written {
         println!("wrote {}", path.display());
     }
@@ -753,12 +770,23 @@ fn export_cmd(
         "bundle": e.bundle.display().to_string(),
         "bytes": e.bundle_bytes,
         "sha256": e.bundle_sha256,
-        "max_abs_diff": e.max_abs_diff,
-        "cluster_agreement": e.agreement,
+        "quantization": e.quantization.name(),
+        "max_abs_diff": e.float.max_abs_diff,
+        "cluster_agreement": e.float.agreement,
         "novelty_threshold": e.novelty_threshold,
     });
-    if let Some(scores) = &e.scores {
+    if let Some(scores) = &e.reference {
+        json["trained_model_scores"] = scores.to_json();
+    }
+    if let Some(scores) = &e.float.scores {
         json["scores"] = scores.to_json();
+    }
+    if let Some(int8) = &e.int8 {
+        json["int8_cluster_agreement"] = int8.agreement.into();
+        json["int8_max_abs_diff"] = int8.max_abs_diff.into();
+        if let Some(scores) = &int8.scores {
+            json["int8_scores"] = scores.to_json();
+        }
     }
     println!("{json}");
     Ok(())

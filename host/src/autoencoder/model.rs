@@ -13,6 +13,7 @@ use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::export::onnx::Layer;
+use crate::export::{export_conv, export_dense};
 
 /// The encoder and decoder's kind of layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -193,37 +194,17 @@ impl<B: Backend> Autoencoder<B> {
     /// The encoder, up to the code (the posterior mean, for a VAE), as layers for the exporter. A
     /// convolutional encoder starts on the [N, 1, 28, 28] image, a dense one on [N, input_dim].
     pub fn encoder_layers(&self) -> Vec<Layer> {
-        let values = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().expect("f32") };
         let mut layers = Vec::new();
-        for (conv, &(kernel, padding)) in self.enc_conv.iter().zip(&CONV_KERNELS) {
-            let [out, input, _, _] = conv.weight.dims();
-            layers.push(Layer::Conv {
-                weight: values(conv.weight.val().flatten(0, 3)),
-                bias: conv.bias.as_ref().map_or(vec![0.0; out], |b| values(b.val())),
-                channels: [input, out],
-                kernel: [kernel; 2],
-                stride: [2, 2],
-                padding: [padding; 2],
-            });
-            layers.push(Layer::Relu);
+        for conv in &self.enc_conv {
+            layers.extend([export_conv(conv), Layer::Relu]);
         }
         if !self.enc_conv.is_empty() {
             layers.push(Layer::Flatten);
         }
-        let dense = |linear: &Linear<B>| {
-            let [inputs, outputs] = linear.weight.dims();
-            Layer::Dense {
-                weight: values(linear.weight.val().flatten(0, 1)),
-                bias: linear.bias.as_ref().map_or(vec![0.0; outputs], |b| values(b.val())),
-                inputs,
-                outputs,
-            }
-        };
         for linear in &self.enc_dense {
-            layers.push(dense(linear));
-            layers.push(Layer::Relu);
+            layers.extend([export_dense(linear), Layer::Relu]);
         }
-        layers.push(dense(&self.mean));
+        layers.push(export_dense(&self.mean));
         layers
     }
 }

@@ -18,6 +18,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::stn::SpatialTransformer;
+use crate::export::onnx::Layer;
+use crate::export::{export_conv, export_dense};
 
 /// Where a spatial transformer sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -138,6 +140,81 @@ impl<B: Backend> StDac<B> {
         let x = if dropout { self.dropout.forward(x) } else { x };
         let logits = self.head.forward(x); // [N, k]
         StDacOutput { embedding: constraint(logits), theta, corrected }
+    }
+}
+
+impl<B: Backend> StDac<B> {
+    /// The network in evaluation mode as export layers: each BatchNorm folded into the convolution or
+    /// dense layer before it, except the two after the pools, which precede a zero-padded convolution
+    /// (folding them there would change the padded border) and stay per-channel affines; no dropout.
+    pub fn export_layers(&self) -> Vec<Layer> {
+        let mut layers = Vec::new();
+        if let Some(stn) = &self.stn_input {
+            layers.push(stn.export_layer(28, 28));
+        }
+        layers.extend([
+            folded(export_conv(&self.conv1), &self.bn1),
+            Layer::Relu,
+            Layer::MaxPool { size: 2 },
+            affine(&self.bn1_pool),
+            folded(export_conv(&self.conv2), &self.bn2),
+            Layer::Relu,
+        ]);
+        if let Some(stn) = &self.stn_block2 {
+            layers.push(stn.export_layer(14, 14));
+        }
+        layers.extend([
+            Layer::MaxPool { size: 2 },
+            affine(&self.bn2_pool),
+            folded(export_conv(&self.conv3), &self.bn3),
+            Layer::Relu,
+        ]);
+        if let Some(stn) = &self.stn_block3 {
+            layers.push(stn.export_layer(7, 7));
+        }
+        layers.extend([
+            Layer::Flatten,
+            folded(export_dense(&self.dense), &self.bn_dense),
+            Layer::Relu,
+            export_dense(&self.head),
+            Layer::Constraint,
+        ]);
+        layers
+    }
+}
+
+/// A BatchNorm in evaluation as y = x·scale + shift per channel.
+fn batch_norm_affine<B: Backend>(bn: &BatchNorm<B>) -> (Vec<f32>, Vec<f32>) {
+    let values = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().expect("f32") };
+    let (gamma, beta) = (values(bn.gamma.val()), values(bn.beta.val()));
+    let (mean, var) = (values(bn.running_mean.value()), values(bn.running_var.value()));
+    let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + bn.epsilon as f32).sqrt()).collect();
+    let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    (scale, shift)
+}
+
+fn affine<B: Backend>(bn: &BatchNorm<B>) -> Layer {
+    let (scale, shift) = batch_norm_affine(bn);
+    Layer::ChannelAffine { scale, shift }
+}
+
+/// A convolution or dense layer followed by `bn`, as one layer: each output channel's weights scaled,
+/// its bias moved.
+fn folded<B: Backend>(layer: Layer, bn: &BatchNorm<B>) -> Layer {
+    let (scale, shift) = batch_norm_affine(bn);
+    match layer {
+        Layer::Conv { weight, bias, channels, kernel, stride, padding } => {
+            let per_filter = weight.len() / channels[1];
+            let weight = weight.iter().enumerate().map(|(j, w)| w * scale[j / per_filter]).collect();
+            let bias = bias.iter().enumerate().map(|(c, b)| b * scale[c] + shift[c]).collect();
+            Layer::Conv { weight, bias, channels, kernel, stride, padding }
+        }
+        Layer::Dense { weight, bias, inputs, outputs } => {
+            let weight = weight.iter().enumerate().map(|(j, w)| w * scale[j % outputs]).collect();
+            let bias = bias.iter().enumerate().map(|(c, b)| b * scale[c] + shift[c]).collect();
+            Layer::Dense { weight, bias, inputs, outputs }
+        }
+        other => unreachable!("BatchNorm folds only into a convolution or dense layer, not {other:?}"),
     }
 }
 

@@ -23,6 +23,9 @@ use burn::tensor::grid::affine_grid_2d;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 use burn::tensor::Tensor;
 
+use crate::export::onnx::Layer;
+use crate::export::{export_conv, export_dense};
+
 /// One stage of the localization net, sized for the map it receives.
 #[derive(Module, Debug)]
 struct Stage<B: Backend> {
@@ -79,6 +82,23 @@ impl<B: Backend> SpatialTransformer<B> {
         let n = delta.dims()[0];
         let identity = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &delta.device());
         (delta + identity.unsqueeze::<2>()).reshape([n, 2, 3])
+    }
+
+    /// The transformer on `height` × `width` maps as an export layer.
+    pub fn export_layer(&self, height: usize, width: usize) -> Layer {
+        let mut localization = Vec::new();
+        for stage in &self.stages {
+            if stage.pool.is_some() {
+                localization.push(Layer::MaxPool { size: 2 });
+            }
+            localization.push(export_conv(&stage.conv));
+            localization.push(Layer::Tanh);
+        }
+        localization.extend([Layer::Flatten, export_dense(&self.hidden), Layer::Tanh, export_dense(&self.theta)]);
+        if self.final_tanh {
+            localization.push(Layer::Tanh);
+        }
+        Layer::SpatialTransformer { localization, height, width }
     }
 
     /// The transformed map and θ.

@@ -25,6 +25,10 @@ use crate::data::{self, Dataset, Source, Split};
 use crate::metrics::Scores;
 use crate::run::{self, RunDir};
 
+/// What `family` a run's config.json holds (ST-DAC's configs predate the field: a run without one is
+/// ST-DAC's).
+pub const FAMILY: &str = "st-dac";
+
 #[derive(Config, Debug)]
 pub struct TrainConfig {
     pub model: StDacConfig,
