@@ -27,6 +27,14 @@ pub const TRACT_VERSION: &str = "0.23.9";
 
 type Plan = Arc<TypedSimplePlan>;
 
+/// Runs every engine of this process on `threads` threads (tract's kernels, through a rayon pool);
+/// 1, the default, keeps tract on the calling thread. Boards with cores to spare for one camera stream
+/// trade them for latency here.
+pub fn use_threads(threads: usize) {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
+}
+
 /// Values in a 2 × 3 affine θ.
 const THETA_LEN: usize = 6;
 

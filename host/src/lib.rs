@@ -14,6 +14,18 @@
 //! - [`local_device`]: the firmware run on this machine behind a pseudo-terminal.
 //! - [`selftest`]: end-to-end check of a serial link.
 
+/// The bundle the product ships as its default model (relative to the repository root).
+pub const DEFAULT_BUNDLE: &str = "models/mnist-st-dac/mnist-st-dac.stdac";
+
+/// Where `path` is, the default bundle found from the source tree when it is not below the current
+/// folder (a binary run from elsewhere in the checkout).
+pub fn locate_bundle(path: &std::path::Path) -> std::path::PathBuf {
+    if path == std::path::Path::new(DEFAULT_BUNDLE) && !path.exists() {
+        return std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_BUNDLE);
+    }
+    path.to_path_buf()
+}
+
 pub mod autoencoder;
 pub mod backend;
 pub mod data;

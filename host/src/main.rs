@@ -61,8 +61,8 @@ enum Command {
         #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
         checkpoint: Option<PathBuf>,
         /// Instead of a run, a bundle (NAME.stdac) evaluated through the board's inference engine on
-        /// --dataset, one frame at a time.
-        #[arg(long, requires = "dataset")]
+        /// --dataset, one frame at a time; `--bundle` alone takes the shipped default model.
+        #[arg(long, requires = "dataset", num_args = 0..=1, default_missing_value = stdac::DEFAULT_BUNDLE)]
         bundle: Option<PathBuf>,
         /// With --bundle: the images to assign (mnist, fashion-mnist or a folder of pictures).
         #[arg(long)]
@@ -711,6 +711,7 @@ fn eval_bundle(
     predictions: Option<&std::path::Path>,
     data: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let path = &stdac::locate_bundle(path);
     let engine = stdac_device::engine::Engine::from_file(path)?;
     let images = data::load(source, split, limit, data)?;
     let started = Instant::now();
@@ -854,8 +855,47 @@ fn selftest_cmd(port: Option<String>, pings: u32, link: &LinkArgs) -> anyhow::Re
         report.device_rx_errors,
         report.resends,
     );
+    let mut json = json;
+    // The shipped default model, through the board's engine, on real test images.
+    json["default_model"] = match default_model_check(1000) {
+        Ok(check) => check,
+        Err(e) => {
+            println!("default model not checked: {e:#}");
+            serde_json::Value::Null
+        }
+    };
     println!("{json}");
     Ok(())
+}
+
+/// Loads the default bundle into the board's engine and assigns the first `n` MNIST test images.
+fn default_model_check(n: usize) -> anyhow::Result<serde_json::Value> {
+    let path = stdac::locate_bundle(std::path::Path::new(stdac::DEFAULT_BUNDLE));
+    let engine = stdac_device::engine::Engine::from_file(&path)?;
+    let images = data::load(&Source::Mnist, Some(Split::Test), Some(n), None)?;
+    let started = Instant::now();
+    let mut clusters = Vec::with_capacity(images.len());
+    for i in 0..images.len() {
+        clusters.push(engine.assign(images.row(i))?.cluster as i64);
+    }
+    let fps = images.len() as f64 / started.elapsed().as_secs_f64();
+    let labels = images.labels.as_ref().context("MNIST has labels")?;
+    let scores = Scores::of(labels, &clusters);
+    println!(
+        "default model OK: {} ({}) assigned {} at {fps:.0} frames/s one at a time: ACC {:.4}, NMI {:.4}",
+        path.display(),
+        engine.manifest().quantization,
+        images.name,
+        scores.acc,
+        scores.nmi
+    );
+    Ok(serde_json::json!({
+        "bundle": path.display().to_string(),
+        "graph_sha256": engine.manifest().graph_sha256,
+        "images": images.name,
+        "frames_per_s": fps,
+        "scores": scores.to_json(),
+    }))
 }
 
 fn info(port: &PortArgs) -> anyhow::Result<()> {

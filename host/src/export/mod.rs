@@ -216,6 +216,8 @@ pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOpt
         .and_then(|n| n.to_str())
         .with_context(|| format!("{}: the output folder needs a name (it names the bundle)", out.display()))?
         .to_string();
+    // The checks run thousands of images through tract: on every core.
+    stdac_device::engine::use_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     eprintln!("running the trained model {} on its scored images", run.path().display());
     let subject = if run.family()? == autoencoder::train::FAMILY {
         autoencoder_subject(run, data)?
@@ -429,6 +431,18 @@ mod tests {
         let got = onnx::run_with_tract(&graph, &dims, n, x.into_data().to_vec().unwrap()).unwrap();
         assert_eq!(got[0].len(), expected.len());
         got[0].iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn tract_on_two_threads_computes_what_it_computes_on_one() {
+        let (model, images) = st_dac(vec![st_dac::StnPosition::Input]);
+        let input = input_of(784, Some((28, 28)));
+        let graph = onnx::encode(&graph(&model.export_layers(), &input, 10, None));
+        let one = onnx::run_with_tract(&graph, &input.dims, 64, images.clone()).unwrap();
+        stdac_device::engine::use_threads(2);
+        let two = onnx::run_with_tract(&graph, &input.dims, 64, images);
+        stdac_device::engine::use_threads(1);
+        assert_eq!(one, two.unwrap());
     }
 
     #[test]
