@@ -882,7 +882,7 @@ fn default_model_check(n: usize) -> anyhow::Result<serde_json::Value> {
     let labels = images.labels.as_ref().context("MNIST has labels")?;
     let scores = Scores::of(labels, &clusters);
     println!(
-        "default model OK: {} ({}) assigned {} at {fps:.0} frames/s one at a time: ACC {:.4}, NMI {:.4}",
+        "default model OK: {} (quantization {}) assigned {} at {fps:.0} frames/s one at a time: ACC {:.4}, NMI {:.4}",
         path.display(),
         engine.manifest().quantization,
         images.name,
