@@ -7,6 +7,8 @@
 //! - [`preprocess`]: a captured picture of any size (grey, RGB or YUYV) → the model's 28×28 grey input.
 //! - [`bundle`]: the `NAME.stdac` model file flashed onto a board: manifest, ONNX graph, checksum.
 //! - [`engine`]: a bundle's graph run by tract, each frame assigned to its nearest centroid.
+//! - [`store`]: the board's model store (`--store DIR`): the active model, the previous one for rollback,
+//!   and a resumable flash in progress, each switch crash-safe.
 //! - [`warp`]: the spatial transformer's corrected image, redone from θ outside the graph.
 //! - [`cli`]: the `stdac-device` command line, shared by the firmware binary and `stdac device`.
 
@@ -18,6 +20,7 @@ pub mod link;
 pub mod preprocess;
 pub mod serial;
 pub mod server;
+pub mod store;
 pub mod warp;
 
 #[cfg(test)]
