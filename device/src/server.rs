@@ -9,7 +9,15 @@ use stdac_protocol::{
     MAX_FRAME, PROTOCOL_VERSION,
 };
 
+use crate::bundle;
+use crate::engine::Engine;
 use crate::link::{Incoming, Link, LinkError};
+use crate::preprocess::{self, FrameRef};
+use crate::store::ModelStore;
+
+/// The largest frame the device assembles: a 1920 × 1080 RGB picture. A larger one is refused with
+/// [`ErrorCode::Oversized`] before any memory is taken for it.
+pub const MAX_FRAME_BYTES: usize = 1920 * 1080 * 3;
 
 /// The firmware's version, as reported in its hello.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -27,6 +35,25 @@ pub struct Server {
     /// The last request and its reply: a resent request (its reply was lost on the line) gets the same
     /// reply again instead of being carried out twice.
     last: Option<(Request, DeviceMsg)>,
+    /// The model store (`--store DIR`); `None` on a device that cannot be flashed.
+    store: Option<ModelStore>,
+    /// The active model's engine.
+    engine: Option<Engine>,
+    /// The frame being assembled from its chunks.
+    frame: FrameAssembly,
+    /// Messages to send after the reply (a frame's assignment).
+    outbox: Vec<DeviceMsg>,
+}
+
+/// A frame's chunks as they arrive; the buffer is kept from frame to frame.
+#[derive(Default)]
+struct FrameAssembly {
+    /// `(frame_id, width, height, format)` of the frame in progress; `None` when none is.
+    header: Option<(u32, u16, u16, stdac_protocol::PixelFormat)>,
+    /// Bytes received from offset 0 without a gap.
+    bytes: Vec<u8>,
+    /// The whole frame's size.
+    size: usize,
 }
 
 impl Default for Server {
@@ -49,7 +76,59 @@ impl Server {
             last_stats: now,
             mismatched_host: None,
             last: None,
+            store: None,
+            engine: None,
+            frame: FrameAssembly::default(),
+            outbox: Vec::new(),
         }
+    }
+
+    /// A device that flashes into `store` and assigns frames with its active model (loaded now). A
+    /// store whose active model does not load leaves the device without a model (it can be flashed).
+    pub fn with_store(store: ModelStore) -> Self {
+        let mut server = Server::new();
+        let engine = match store.load_active_engine() {
+            Ok(engine) => engine,
+            Err(error) => {
+                eprintln!("stdac-device: the active model does not load: {error}");
+                None
+            }
+        };
+        server.model = engine.as_ref().and(store.active()).map(|model| model.info());
+        server.engine = engine;
+        server.store = Some(store);
+        server.update_capabilities();
+        server
+    }
+
+    /// The model store, when the device has one.
+    pub fn store(&self) -> Option<&ModelStore> {
+        self.store.as_ref()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The next message to send that is no reply (a frame's assignment), oldest first.
+    pub fn take_outgoing(&mut self) -> Option<DeviceMsg> {
+        if self.outbox.is_empty() {
+            None
+        } else {
+            Some(self.outbox.remove(0))
+        }
+    }
+
+    fn update_capabilities(&mut self) {
+        let mut flags = 0;
+        if self.store.is_some() {
+            flags |= Capabilities::FLASH | Capabilities::FRAMES;
+        }
+        if self.engine.as_ref().is_some_and(|engine| engine.manifest().outputs.iter().any(|o| o == "theta")) {
+            flags |= Capabilities::STN;
+        }
+        self.capabilities = Capabilities(flags);
     }
 
     pub fn hello(&self) -> DeviceHello {
@@ -68,6 +147,9 @@ impl Server {
                 self.stats.rx_errors = link.stats().errors();
                 if let Some(reply) = self.handle(incoming) {
                     link.send(&reply)?;
+                }
+                while let Some(msg) = self.take_outgoing() {
+                    link.send(&msg)?;
                 }
             }
             if let Some(stats) = self.stats_due(Instant::now()) {
@@ -117,17 +199,124 @@ impl Server {
                 self.options = *options;
                 DeviceMsg::Ack { seq }
             }
-            HostMsg::Frame(_) => {
-                self.stats.frames_received += 1;
-                nack(ErrorCode::NoModel)
+            HostMsg::Frame(chunk) => match self.frame_chunk(chunk) {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
+            HostMsg::FlashBegin(_) | HostMsg::FlashChunk(_) | HostMsg::FlashCommit | HostMsg::FlashAbort => {
+                match self.flash(&request.msg) {
+                    Ok(()) => DeviceMsg::Ack { seq },
+                    Err(code) => nack(code),
+                }
             }
-            HostMsg::FlashBegin(_)
-            | HostMsg::FlashChunk(_)
-            | HostMsg::FlashCommit
-            | HostMsg::FlashAbort
-            | HostMsg::StartStream
-            | HostMsg::StopStream => nack(ErrorCode::Unsupported),
+            HostMsg::StartStream | HostMsg::StopStream => nack(ErrorCode::Unsupported),
         }
+    }
+
+    /// Carries out one flash request on the store; the active model keeps serving whatever happens.
+    fn flash(&mut self, msg: &HostMsg) -> Result<(), ErrorCode> {
+        let store = self.store.as_mut().ok_or(ErrorCode::Unsupported)?;
+        let result = match msg {
+            HostMsg::FlashBegin(begin) => {
+                if begin.bundle_version != bundle::FORMAT_VERSION {
+                    eprintln!(
+                        "stdac-device: FlashBegin field `bundle_version` is {}, this firmware reads bundle \
+                         format {}: export the bundle again with a matching stdac",
+                        begin.bundle_version,
+                        bundle::FORMAT_VERSION
+                    );
+                    return Err(ErrorCode::FlashInvalidBundle);
+                }
+                store.begin(begin.size.into(), begin.sha256)
+            }
+            HostMsg::FlashChunk(chunk) => store.write_chunk(chunk.offset.into(), &chunk.data),
+            HostMsg::FlashCommit => store.commit().map(|activated| {
+                eprintln!(
+                    "stdac-device: flashed model {} (SHA-256 {}), now active",
+                    activated.model.name,
+                    hex(&activated.model.sha256)
+                );
+                self.model = Some(activated.model.info());
+                self.engine = Some(activated.engine);
+                self.update_capabilities();
+            }),
+            HostMsg::FlashAbort => store.abort(),
+            _ => unreachable!("only flash requests come here"),
+        };
+        result.map_err(|error| {
+            eprintln!("stdac-device: flash refused: {error}");
+            error.code()
+        })
+    }
+
+    /// Adds one chunk to the frame in progress; the frame's last chunk queues its assignment.
+    fn frame_chunk(&mut self, chunk: &stdac_protocol::FrameChunk) -> Result<(), ErrorCode> {
+        let Some(engine) = &self.engine else {
+            self.stats.frames_received += 1;
+            return Err(ErrorCode::NoModel);
+        };
+        let header = (chunk.frame_id, chunk.width, chunk.height, chunk.format);
+        let frame = &mut self.frame;
+        if frame.header != Some(header) {
+            // A new frame (or the same id with other dimensions) starts over.
+            frame.header = None;
+            frame.bytes.clear();
+            let size = chunk.format.frame_bytes(chunk.width, chunk.height);
+            if size > MAX_FRAME_BYTES {
+                self.stats.frames_dropped += 1;
+                return Err(ErrorCode::Oversized { max: MAX_FRAME_BYTES as u32 });
+            }
+            if size == 0 {
+                return Err(ErrorCode::FrameInvalid);
+            }
+            self.stats.frames_received += 1;
+            frame.header = Some(header);
+            frame.size = size;
+        }
+        let offset = chunk.offset as usize;
+        let end = offset.checked_add(chunk.data.len()).ok_or(ErrorCode::FrameInvalid)?;
+        if offset > frame.bytes.len() || end > frame.size {
+            return Err(ErrorCode::FrameInvalid);
+        }
+        if frame.bytes.len() == frame.size {
+            // A chunk of a frame already assigned, resent: nothing more to do.
+            return Ok(());
+        }
+        // Chunks are idempotent: a resent one overwrites what it wrote before.
+        let overlap = end.min(frame.bytes.len());
+        frame.bytes[offset..overlap].copy_from_slice(&chunk.data[..overlap - offset]);
+        frame.bytes.extend_from_slice(&chunk.data[overlap - offset..]);
+        if frame.bytes.len() < frame.size {
+            return Ok(());
+        }
+        let format = match chunk.format {
+            stdac_protocol::PixelFormat::Gray8 => preprocess::PixelFormat::Grey8,
+            stdac_protocol::PixelFormat::Rgb888 => preprocess::PixelFormat::Rgb8,
+            stdac_protocol::PixelFormat::Yuyv => preprocess::PixelFormat::Yuyv,
+        };
+        let started = Instant::now();
+        let image =
+            FrameRef { format, width: chunk.width.into(), height: chunk.height.into(), bytes: &frame.bytes };
+        let assignment = engine.assign_frame(image).map_err(|error| {
+            frame.header = None;
+            eprintln!("stdac-device: frame {} not assigned: {error}", chunk.frame_id);
+            match error {
+                crate::engine::EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                _ => ErrorCode::Internal,
+            }
+        })?;
+        let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        self.outbox.push(DeviceMsg::Assignment(stdac_protocol::Assignment {
+            frame_id: chunk.frame_id,
+            cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
+            distance: assignment.distance,
+            margin: assignment.margin,
+            novel: assignment.novel,
+            inference_us,
+            stn: if self.options.report_stn { assignment.theta } else { None },
+        }));
+        self.stats.assignments_sent += 1;
+        Ok(())
     }
 
     /// Replies to a hello with ours, whatever the host's version, so that the host can name both
@@ -156,6 +345,11 @@ impl Server {
         self.stats.uptime_ms = now.duration_since(self.started).as_millis() as u64;
         Some(self.stats)
     }
+}
+
+/// Lowercase hex of a digest, for the log.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -275,5 +469,309 @@ mod tests {
         let stats = server.stats_due(later).expect("five seconds is past a one-second interval");
         assert!(stats.uptime_ms >= 5000);
         assert_eq!(server.stats_due(later), None, "not again until another interval has passed");
+    }
+
+    mod with_store {
+        use super::*;
+        use crate::bundle::{Bundle, InputSpec, Manifest};
+        use crate::engine::TRACT_VERSION;
+        use crate::onnx_support as onnx;
+        use sha2::{Digest, Sha256};
+        use stdac_protocol::{FlashBegin, FlashChunk, FrameChunk, PixelFormat, MAX_CHUNK};
+
+        /// A real bundle: a 28 × 28 grey image → Flatten → Gemm to a 2-d embedding (the sum of the
+        /// left half's pixels, the sum of the right half's, scaled), with `theta` when asked.
+        fn bundle(name: &str, scale: f32, theta: bool) -> Vec<u8> {
+            let mut w = vec![0.0f32; 784 * 2];
+            for row in 0..28 {
+                for col in 0..28 {
+                    let side = usize::from(col >= 14);
+                    w[(row * 28 + col) * 2 + side] = scale / 392.0;
+                }
+            }
+            let mut nodes = vec![
+                onnx::node("Flatten", &["image"], "flat", vec![]),
+                onnx::node("Gemm", &["flat", "w"], "embedding", vec![]),
+            ];
+            let mut initializers = vec![onnx::floats("w", &[784, 2], &w)];
+            let mut outputs = vec![onnx::value("embedding", &[-1, 2])];
+            let mut names = vec!["embedding".to_string()];
+            if theta {
+                nodes.push(onnx::node("Gemm", &["flat", "w_theta", "identity"], "flat_theta", vec![]));
+                nodes.push(onnx::node("Reshape", &["flat_theta", "theta_shape"], "theta", vec![]));
+                initializers.push(onnx::floats("w_theta", &[784, 6], &vec![0.001; 784 * 6]));
+                initializers.push(onnx::floats("identity", &[6], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
+                initializers.push(onnx::int64s("theta_shape", &[-1, 2, 3]));
+                outputs.push(onnx::value("theta", &[-1, 2, 3]));
+                names.push("theta".into());
+            }
+            let graph =
+                onnx::model(nodes, initializers, vec![onnx::value("image", &[-1, 1, 28, 28])], outputs);
+            let manifest = Manifest {
+                name: name.into(),
+                family: if theta { "st-dac" } else { "autoencoder" }.into(),
+                input: InputSpec {
+                    name: "image".into(),
+                    shape: vec![-1, 1, 28, 28],
+                    dtype: "f32".into(),
+                    range: [0.0, 1.0],
+                },
+                outputs: names,
+                embedding_dim: 2,
+                clusters: 2,
+                centroids: vec![1.0, 0.0, 0.0, 1.0],
+                metric: "euclidean".into(),
+                class_names: vec![],
+                novelty_threshold: Some(0.5),
+                quantization: "none".into(),
+                tract_version: TRACT_VERSION.into(),
+                graph_sha256: String::new(),
+                card: serde_json::Value::Null,
+            };
+            Bundle::new(manifest, graph).to_bytes()
+        }
+
+        fn sha256(bytes: &[u8]) -> [u8; 32] {
+            Sha256::digest(bytes).into()
+        }
+
+        /// Flashes `bytes` in chunks of `chunk` bytes (seq from `seq`), `damage` applied to each
+        /// chunk's data before sending; returns the commit's reply.
+        fn flash(server: &mut Server, seq: &mut u16, bytes: &[u8], chunk: usize) -> DeviceMsg {
+            let mut send = |server: &mut Server, msg| {
+                *seq += 1;
+                server.handle(request(*seq, msg)).unwrap()
+            };
+            let begin = FlashBegin {
+                size: bytes.len() as u32,
+                sha256: sha256(bytes),
+                bundle_version: crate::bundle::FORMAT_VERSION,
+            };
+            assert!(matches!(send(server, HostMsg::FlashBegin(begin)), DeviceMsg::Ack { .. }));
+            for (i, piece) in bytes.chunks(chunk).enumerate() {
+                let msg = HostMsg::FlashChunk(FlashChunk {
+                    offset: (i * chunk) as u32,
+                    data: heapless::Vec::from_slice(piece).unwrap(),
+                });
+                assert!(matches!(send(server, msg), DeviceMsg::Ack { .. }), "chunk {i}");
+            }
+            send(server, HostMsg::FlashCommit)
+        }
+
+        /// A 28 × 28 grey picture: the left half `left`, the right half `right`.
+        fn picture(left: u8, right: u8) -> Vec<u8> {
+            (0..784).map(|i| if i % 28 < 14 { left } else { right }).collect()
+        }
+
+        /// Sends `pixels` as frame `id` in chunks; returns the replies and what was sent after them.
+        fn send_frame(
+            server: &mut Server,
+            seq: &mut u16,
+            id: u32,
+            pixels: &[u8],
+            chunk: usize,
+        ) -> (Vec<DeviceMsg>, Vec<DeviceMsg>) {
+            let mut replies = Vec::new();
+            for (i, piece) in pixels.chunks(chunk).enumerate() {
+                *seq += 1;
+                let msg = HostMsg::Frame(FrameChunk {
+                    frame_id: id,
+                    width: 28,
+                    height: 28,
+                    format: PixelFormat::Gray8,
+                    offset: (i * chunk) as u32,
+                    data: heapless::Vec::from_slice(piece).unwrap(),
+                });
+                replies.push(server.handle(request(*seq, msg)).unwrap());
+            }
+            let mut sent = Vec::new();
+            while let Some(msg) = server.take_outgoing() {
+                sent.push(msg);
+            }
+            (replies, sent)
+        }
+
+        fn expected(engine: &Engine, id: u32, pixels: &[u8], stn: bool) -> stdac_protocol::Assignment {
+            let frame = FrameRef::new(crate::preprocess::PixelFormat::Grey8, 28, 28, pixels).unwrap();
+            let a = engine.assign_frame(frame).unwrap();
+            stdac_protocol::Assignment {
+                frame_id: id,
+                cluster: a.cluster as u16,
+                distance: a.distance,
+                margin: a.margin,
+                novel: a.novel,
+                inference_us: 0,
+                stn: if stn { a.theta } else { None },
+            }
+        }
+
+        fn assignment(msg: &DeviceMsg) -> stdac_protocol::Assignment {
+            let DeviceMsg::Assignment(a) = msg else { panic!("not an assignment: {msg:?}") };
+            stdac_protocol::Assignment { inference_us: 0, ..a.clone() }
+        }
+
+        #[test]
+        fn a_flashed_bundle_is_reported_and_assigns_frames_like_the_engine() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let hello = server.hello();
+            assert_eq!(hello.model, None);
+            assert!(hello.capabilities.has(Capabilities::FLASH | Capabilities::FRAMES));
+            assert!(!hello.capabilities.has(Capabilities::STN));
+            let mut seq = 0;
+            let (replies, sent) = send_frame(&mut server, &mut seq, 1, &picture(255, 0), 300);
+            assert!(sent.is_empty());
+            assert_eq!(replies[0], DeviceMsg::Nack { seq: Some(1), code: ErrorCode::NoModel });
+
+            let bytes = bundle("halves", 1.0, false);
+            assert!(bytes.len() > 3 * MAX_CHUNK, "several chunks");
+            assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+            let model = server.hello().model.expect("the flashed model is active");
+            assert_eq!((model.id.as_str(), model.sha256), ("halves", sha256(&bytes)));
+
+            let engine = Engine::load(Bundle::from_bytes(&bytes, "test").unwrap(), "test").unwrap();
+            for (id, pixels) in [(10, picture(255, 0)), (11, picture(0, 255)), (12, picture(128, 40))] {
+                let (replies, sent) = send_frame(&mut server, &mut seq, id, &pixels, 300);
+                assert!(replies.iter().all(|r| matches!(r, DeviceMsg::Ack { .. })), "{replies:?}");
+                assert_eq!(sent.len(), 1);
+                assert_eq!(assignment(&sent[0]), expected(&engine, id, &pixels, false));
+            }
+            assert_eq!(
+                assignment(&send_frame(&mut server, &mut seq, 13, &picture(255, 0), 784).1[0]).cluster,
+                0
+            );
+            assert_eq!(
+                assignment(&send_frame(&mut server, &mut seq, 14, &picture(0, 255), 784).1[0]).cluster,
+                1
+            );
+            assert_eq!(server.stats().assignments_sent, 5);
+
+            // A restart with the same store keeps the model.
+            drop(server);
+            let server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            assert_eq!(server.hello().model, Some(model));
+        }
+
+        #[test]
+        fn theta_is_reported_when_asked_and_the_model_has_one() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            let bytes = bundle("stn", 1.0, true);
+            assert_eq!(flash(&mut server, &mut seq, &bytes, 700), DeviceMsg::Ack { seq });
+            assert!(server.hello().capabilities.has(Capabilities::STN));
+            let engine = Engine::load(Bundle::from_bytes(&bytes, "test").unwrap(), "test").unwrap();
+            let pixels = picture(200, 10);
+            let sent = send_frame(&mut server, &mut seq, 1, &pixels, 784).1;
+            assert_eq!(assignment(&sent[0]), expected(&engine, 1, &pixels, false));
+            seq += 1;
+            let options = Options { report_stn: true, stats_interval_ms: 0 };
+            server.handle(request(seq, HostMsg::SetOptions(options)));
+            let sent = send_frame(&mut server, &mut seq, 2, &pixels, 784).1;
+            assert_eq!(assignment(&sent[0]), expected(&engine, 2, &pixels, true));
+            assert!(assignment(&sent[0]).stn.is_some());
+        }
+
+        #[test]
+        fn a_corrupt_chunk_fails_the_commit_and_the_old_model_keeps_serving() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            let old = bundle("old", 1.0, false);
+            assert_eq!(flash(&mut server, &mut seq, &old, MAX_CHUNK), DeviceMsg::Ack { seq });
+            let old_model = server.hello().model;
+
+            let new = bundle("new", 2.0, false);
+            let begin = FlashBegin {
+                size: new.len() as u32,
+                sha256: sha256(&new),
+                bundle_version: crate::bundle::FORMAT_VERSION,
+            };
+            seq += 1;
+            assert_eq!(server.handle(request(seq, HostMsg::FlashBegin(begin))), Some(DeviceMsg::Ack { seq }));
+            for (i, piece) in new.chunks(MAX_CHUNK).enumerate() {
+                let mut data = heapless::Vec::from_slice(piece).unwrap();
+                if i == 1 {
+                    data[5] ^= 0x40; // damaged on the way
+                }
+                seq += 1;
+                let msg = HostMsg::FlashChunk(FlashChunk { offset: (i * MAX_CHUNK) as u32, data });
+                let reply = server.handle(request(seq, msg.clone()));
+                assert_eq!(reply, Some(DeviceMsg::Ack { seq }));
+                // Its ack lost, the host resends it: the same reply.
+                assert_eq!(server.handle(request(seq, msg)), reply);
+            }
+            seq += 1;
+            assert_eq!(
+                server.handle(request(seq, HostMsg::FlashCommit)),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::FlashChecksum })
+            );
+            assert_eq!(server.hello().model, old_model, "the old model stays active");
+            let engine = Engine::load(Bundle::from_bytes(&old, "test").unwrap(), "test").unwrap();
+            let pixels = picture(90, 250);
+            let sent = send_frame(&mut server, &mut seq, 7, &pixels, 784).1;
+            assert_eq!(assignment(&sent[0]), expected(&engine, 7, &pixels, false));
+
+            // A chunk without a flash in progress, a wrong bundle version, and an abort.
+            seq += 1;
+            let chunk = HostMsg::FlashChunk(FlashChunk { offset: 0, data: heapless::Vec::new() });
+            assert_eq!(
+                server.handle(request(seq, chunk)),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::FlashNotStarted })
+            );
+            seq += 1;
+            let begin = FlashBegin {
+                size: new.len() as u32,
+                sha256: sha256(&new),
+                bundle_version: crate::bundle::FORMAT_VERSION + 1,
+            };
+            assert_eq!(
+                server.handle(request(seq, HostMsg::FlashBegin(begin))),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::FlashInvalidBundle })
+            );
+            seq += 1;
+            assert_eq!(server.handle(request(seq, HostMsg::FlashAbort)), Some(DeviceMsg::Ack { seq }));
+            assert_eq!(server.hello().model, old_model);
+        }
+
+        #[test]
+        fn oversized_and_inconsistent_frames_are_refused_and_the_server_keeps_serving() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            assert_eq!(
+                flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                DeviceMsg::Ack { seq }
+            );
+            let chunk = |frame_id, width, height, format, offset: u32, len: usize| {
+                HostMsg::Frame(FrameChunk {
+                    frame_id,
+                    width,
+                    height,
+                    format,
+                    offset,
+                    data: heapless::Vec::from_slice(&vec![9; len]).unwrap(),
+                })
+            };
+            let max = MAX_FRAME_BYTES as u32;
+            for (msg, code) in [
+                (chunk(1, 4000, 4000, PixelFormat::Rgb888, 0, 10), ErrorCode::Oversized { max }),
+                (chunk(2, 0, 28, PixelFormat::Gray8, 0, 0), ErrorCode::FrameInvalid),
+                (chunk(3, 28, 28, PixelFormat::Gray8, 500, 10), ErrorCode::FrameInvalid),
+                (chunk(4, 28, 28, PixelFormat::Gray8, 780, 10), ErrorCode::FrameInvalid),
+                (chunk(5, 3, 3, PixelFormat::Yuyv, 0, 18), ErrorCode::FrameInvalid),
+            ] {
+                seq += 1;
+                assert_eq!(server.handle(request(seq, msg)), Some(DeviceMsg::Nack { seq: Some(seq), code }));
+                assert_eq!(server.take_outgoing(), None);
+            }
+            // A frame cut short by a new one: the new one is assembled from scratch.
+            seq += 1;
+            server.handle(request(seq, chunk(6, 28, 28, PixelFormat::Gray8, 0, 100)));
+            let pixels = picture(10, 240);
+            let sent = send_frame(&mut server, &mut seq, 8, &pixels, 200).1;
+            assert_eq!(sent.len(), 1);
+            assert_eq!(assignment(&sent[0]).cluster, 1);
+        }
     }
 }
