@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
 use stdac_protocol::{
-    Decoder, DeviceMsg, ErrorCode, FrameEncoder, HostHello, HostMsg, Request, PROTOCOL_VERSION,
+    Capabilities, Decoder, DeviceHello, DeviceMsg, ErrorCode, FlashBegin, FlashChunk, FrameChunk,
+    FrameEncoder, HostHello, HostMsg, PixelFormat, Request, MAX_CHUNK, PROTOCOL_VERSION,
 };
+
+#[path = "support/onnx.rs"]
+mod onnx;
 
 struct Firmware {
     child: Child,
@@ -26,10 +30,16 @@ impl Drop for Firmware {
 
 impl Firmware {
     fn start() -> Firmware {
+        Firmware::start_with(&[]).0
+    }
+
+    /// Starts the firmware with `args` besides its port; returns it and its hello.
+    fn start_with(args: &[&str]) -> (Firmware, DeviceHello) {
         let (mut line, slave) = TTYPort::pair().unwrap();
         let tty = slave.name().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_stdac-device"))
             .args(["--port", &tty])
+            .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -43,8 +53,8 @@ impl Firmware {
         });
         firmware.send(0, hello);
         drop(slave);
-        assert!(matches!(firmware.reply(), DeviceMsg::Hello { seq: 0, .. }));
-        firmware
+        let DeviceMsg::Hello { seq: 0, hello } = firmware.reply() else { panic!("no hello") };
+        (firmware, hello)
     }
 
     fn send(&mut self, seq: u16, msg: HostMsg) {
@@ -106,4 +116,97 @@ fn a_missing_port_is_an_error_naming_it() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot open serial port /dev/stdac-no-such-tty"), "{stderr}");
+}
+
+/// A real bundle: a 28 × 28 grey image → Flatten → Gemm, the embedding the mean of the left half's
+/// pixels and the mean of the right half's; centroids (1, 0) and (0, 1).
+fn bundle() -> Vec<u8> {
+    use stdac_device::bundle::{Bundle, InputSpec, Manifest};
+    let mut w = vec![0.0f32; 784 * 2];
+    for (pixel, pair) in w.chunks_mut(2).enumerate() {
+        pair[usize::from(pixel % 28 >= 14)] = 1.0 / 392.0;
+    }
+    let graph = onnx::model(
+        vec![
+            onnx::node("Flatten", &["image"], "flat", vec![]),
+            onnx::node("Gemm", &["flat", "w"], "embedding", vec![]),
+        ],
+        vec![onnx::floats("w", &[784, 2], &w)],
+        vec![onnx::value("image", &[-1, 1, 28, 28])],
+        vec![onnx::value("embedding", &[-1, 2])],
+    );
+    let manifest = Manifest {
+        name: "halves".into(),
+        family: "autoencoder".into(),
+        input: InputSpec {
+            name: "image".into(),
+            shape: vec![-1, 1, 28, 28],
+            dtype: "f32".into(),
+            range: [0.0, 1.0],
+        },
+        outputs: vec!["embedding".into()],
+        embedding_dim: 2,
+        clusters: 2,
+        centroids: vec![1.0, 0.0, 0.0, 1.0],
+        metric: "euclidean".into(),
+        class_names: vec![],
+        novelty_threshold: None,
+        quantization: "none".into(),
+        tract_version: stdac_device::engine::TRACT_VERSION.into(),
+        graph_sha256: String::new(),
+        card: serde_json::Value::Null,
+    };
+    Bundle::new(manifest, graph).to_bytes()
+}
+
+#[test]
+fn the_firmware_flashes_into_its_store_assigns_frames_and_keeps_the_model_across_restarts() {
+    use sha2::Digest;
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().to_str().unwrap();
+    let (mut firmware, hello) = Firmware::start_with(&["--store", store_arg]);
+    assert_eq!(hello.model, None);
+    assert!(hello.capabilities.has(Capabilities::FLASH | Capabilities::FRAMES));
+
+    let bytes = bundle();
+    let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let begin =
+        FlashBegin { size: bytes.len() as u32, sha256, bundle_version: stdac_device::bundle::FORMAT_VERSION };
+    firmware.send(1, HostMsg::FlashBegin(begin));
+    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq: 1 });
+    let mut seq = 1;
+    for (i, piece) in bytes.chunks(MAX_CHUNK).enumerate() {
+        seq += 1;
+        let data = heapless::Vec::from_slice(piece).unwrap();
+        firmware.send(seq, HostMsg::FlashChunk(FlashChunk { offset: (i * MAX_CHUNK) as u32, data }));
+        assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+    }
+    seq += 1;
+    firmware.send(seq, HostMsg::FlashCommit);
+    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+
+    // A right-bright picture in two chunks: an ack each, then its assignment.
+    let pixels: Vec<u8> = (0..784).map(|i| if i % 28 < 14 { 0 } else { 255 }).collect();
+    for offset in [0, 400] {
+        seq += 1;
+        let end = (offset + 400).min(784);
+        let frame = FrameChunk {
+            frame_id: 77,
+            width: 28,
+            height: 28,
+            format: PixelFormat::Gray8,
+            offset: offset as u32,
+            data: heapless::Vec::from_slice(&pixels[offset..end]).unwrap(),
+        };
+        firmware.send(seq, HostMsg::Frame(frame));
+        assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+    }
+    let DeviceMsg::Assignment(assignment) = firmware.reply() else { panic!("no assignment") };
+    assert_eq!((assignment.frame_id, assignment.cluster), (77, 1));
+    assert!(assignment.distance < 1e-4, "{assignment:?}");
+    drop(firmware);
+
+    let (_firmware, hello) = Firmware::start_with(&["--store", store_arg]);
+    let model = hello.model.expect("the store keeps the model across a restart");
+    assert_eq!((model.id.as_str(), model.sha256), ("halves", sha256));
 }
