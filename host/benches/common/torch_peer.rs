@@ -1,8 +1,8 @@
 //! Running a benchmark's PyTorch peer: a script in `host/benches/` that reads the same images (raw
 //! little-endian f32) and prints one JSON line of its figures. Shared by the training-step benchmarks.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "python_peer.rs"]
+mod python_peer;
 
 /// The peer's JSON line, or why it could not be measured (no python3, no torch, a failing script).
 pub fn run(
@@ -16,16 +16,7 @@ pub fn run(
     let path = dir.path().join("images.f32");
     let bytes: Vec<u8> = images.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches").join(script);
     let device = if cfg!(feature = "cuda") { "cuda" } else { "cpu" };
-    let output = Command::new("python3")
-        .arg(&script)
-        .args([path.to_str().unwrap(), &n.to_string(), &steps.to_string(), &threads.to_string(), device])
-        .output()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("").to_string());
-    }
-    let line = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(line.trim()).map_err(|e| format!("{e}: {line}"))
+    let args = [path.to_str().unwrap(), &n.to_string(), &steps.to_string(), &threads.to_string(), device];
+    python_peer::run(script, &args)
 }
