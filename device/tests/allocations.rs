@@ -196,16 +196,21 @@ fn engine(graph_bytes: Vec<u8>, outputs: Vec<String>) -> Engine {
     Engine::load(Bundle::new(manifest, graph_bytes), "allocations.stdac").unwrap()
 }
 
+/// The graph optimised for one frame, as the engine builds it.
+fn single_frame_plan(graph_bytes: &[u8]) -> Arc<TypedSimplePlan> {
+    tract_onnx::onnx()
+        .model_for_read(&mut &graph_bytes[..])
+        .and_then(|m| m.with_input_fact(0, f32::fact([1, 1, SIDE, SIDE]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .unwrap()
+}
+
 /// What tract itself allocates per frame at best: the engine's plan, built the same way, run in one
 /// kept state on one kept input tensor written in place.
 fn tract_floor(graph_bytes: &[u8], frames: &[Vec<f32>]) -> u64 {
     let shape = [1, 1, SIDE, SIDE];
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &graph_bytes[..])
-        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .unwrap();
+    let plan = single_frame_plan(graph_bytes);
     let mut state = plan.spawn().unwrap();
     let mut input = Arc::new(Tensor::zero::<f32>(&shape).unwrap());
     let counts = per_frame(|i| {
@@ -222,12 +227,7 @@ fn tract_floor(graph_bytes: &[u8], frames: &[Vec<f32>]) -> u64 {
 /// tract's one-call convenience, `plan.run`: a fresh state and input tensor every frame.
 fn tract_fresh(graph_bytes: &[u8], frames: &[Vec<f32>]) -> u64 {
     let shape = [1, 1, SIDE, SIDE];
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &graph_bytes[..])
-        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .unwrap();
+    let plan = single_frame_plan(graph_bytes);
     let counts = per_frame(|i| {
         let input = Tensor::from_shape(&shape, &frames[i]).unwrap();
         plan.run(tvec!(input.into())).unwrap();

@@ -3,34 +3,13 @@
 //! figures, the convolutional autoencoder, retrieval by picture and by index, and the errors a user meets.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
+use common::{error, last_json, ok, stdac};
 
 use stdac::autoencoder::train::{assign, encode_all, load_trained};
 use stdac::data::{self, Source, Split};
 use stdac::run::RunDir;
-
-fn stdac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stdac")).args(args).output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn error(output: &Output) -> String {
-    assert!(!output.status.success(), "expected a failure: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-fn last_json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
 
 fn records(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

@@ -3,25 +3,9 @@
 //! evaluation.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn stdac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stdac")).args(args).output().unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn last_json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
+mod common;
+use common::{last_json, ok, stdac};
 
 /// A small ST-DAC run with an input transformer, trained on 256 MNIST images.
 fn train(dir: &Path) -> std::path::PathBuf {
@@ -117,7 +101,10 @@ fn a_trained_st_dac_exports_in_float_and_int8_and_the_engine_assigns_as_the_run_
     let bundle8 = stdac_device::bundle::Bundle::read(&out8.join("tiny-st-dac-int8.stdac")).unwrap();
     assert_eq!(bundle8.manifest.quantization, "int8");
     assert_eq!(bundle8.manifest.card["calibration_images"], 64);
-    assert_eq!(bundle8.manifest.card["check"]["int8"]["cluster_agreement"], report8["int8_cluster_agreement"]);
+    assert_eq!(
+        bundle8.manifest.card["check"]["int8"]["cluster_agreement"],
+        report8["int8_cluster_agreement"]
+    );
     let graph = String::from_utf8_lossy(&bundle8.graph);
     assert!(graph.contains("QLinearConv") && graph.contains("QLinearMatMul") && graph.contains("GridSample"));
     // int8 weights: the bundle is much smaller than the float one.

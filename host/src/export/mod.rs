@@ -134,7 +134,12 @@ pub fn autoencoder_layers<B: Backend>(model: &Autoencoder<B>, image: bool) -> Ve
 
 /// The graph of `layers`: output `embedding` ([N, `embedding_dim`]), and `theta` when the first layer
 /// is a spatial transformer; int8 when a calibration is given.
-pub fn graph(layers: &[Layer], input: &Input, embedding_dim: usize, int8: Option<&Calibration>) -> ModelProto {
+pub fn graph(
+    layers: &[Layer],
+    input: &Input,
+    embedding_dim: usize,
+    int8: Option<&Calibration>,
+) -> ModelProto {
     let mut g = GraphBuilder::default();
     let wired = match int8 {
         None => g.network(input.name.clone(), layers),
@@ -210,7 +215,12 @@ pub struct Exported {
 /// run's scored samples and is compared with burn; the figures go into the manifest's card, and an
 /// int8 graph that assigns under 99.5 % of them alike or loses over 0.5 points of ACC is refused unless
 /// `force`.
-pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOptions) -> anyhow::Result<Exported> {
+pub fn export(
+    run: &RunDir,
+    out: &Path,
+    data: Option<&Path>,
+    options: &ExportOptions,
+) -> anyhow::Result<Exported> {
     let name = out
         .file_name()
         .and_then(|n| n.to_str())
@@ -262,10 +272,7 @@ pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOpt
             progress(&format!("checking the int8 graph with tract on {}", subject.checked.name));
             let int8_graph = onnx::encode(&graph(&subject.layers, &input, dim, Some(&calibration)));
             let (int8, _) = check(&int8_graph)?;
-            let drop = match (&reference, &int8.scores) {
-                (Some(r), Some(q)) => r.acc - q.acc,
-                _ => 0.0,
-            };
+            let drop = acc_drop(&reference, &int8).unwrap_or(0.0);
             if (int8.agreement < MIN_INT8_AGREEMENT || drop > MAX_INT8_ACC_DROP) && !options.force {
                 anyhow::bail!(
                     "the int8 graph assigns {:.2} % of {} as the trained model does (at least {:.1} % wanted) \
@@ -286,10 +293,10 @@ pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOpt
     // graph embeds them.
     let n = subject.train.len().min(NOVELTY_SAMPLES);
     progress(&format!("measuring the novelty threshold on {n} training images"));
-    let train_embeddings = TractRunner::new(&shipped, &input.dims)?
-        .run(&subject.train.features[..n * h * w], n)?
-        .remove(0);
-    let mut distances: Vec<f32> = train_embeddings.chunks(dim).map(|e| centroids.nearest(e).distance).collect();
+    let train_embeddings =
+        TractRunner::new(&shipped, &input.dims)?.run(&subject.train.features[..n * h * w], n)?.remove(0);
+    let mut distances: Vec<f32> =
+        train_embeddings.chunks(dim).map(|e| centroids.nearest(e).distance).collect();
     distances.sort_by(f32::total_cmp);
     let novelty_threshold = distances[((n - 1) as f64 * NOVELTY_QUANTILE).round() as usize];
 
@@ -306,10 +313,7 @@ pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOpt
             "trained_model": reference.as_ref().map(Scores::to_json),
             "float": float.to_json(),
             "int8": int8.as_ref().map(Check::to_json),
-            "int8_acc_drop": match (&reference, int8.as_ref().and_then(|c| c.scores.as_ref())) {
-                (Some(r), Some(q)) => Some(r.acc - q.acc),
-                _ => None,
-            },
+            "int8_acc_drop": int8.as_ref().and_then(|int8| acc_drop(&reference, int8)),
         },
         "calibration_images": calibration_images,
         "novelty_quantile": NOVELTY_QUANTILE,
@@ -358,6 +362,11 @@ pub fn export(run: &RunDir, out: &Path, data: Option<&Path>, options: &ExportOpt
         int8,
         novelty_threshold,
     })
+}
+
+/// How much ACC a graph loses against the trained model, when the samples are labelled.
+fn acc_drop(reference: &Option<Scores>, check: &Check) -> Option<f64> {
+    Some(reference.as_ref()?.acc - check.scores.as_ref()?.acc)
 }
 
 fn autoencoder_subject(run: &RunDir, data: Option<&Path>) -> anyhow::Result<Subject> {
@@ -474,10 +483,12 @@ mod tests {
         use burn::module::{AutodiffModule, Module};
         let device = Default::default();
         <TrainBackend as Backend>::seed(&device, 5);
-        let model = st_dac::StDacConfig::new().with_stn(stn).with_dense_width(32).init::<TrainBackend>(&device);
+        let model =
+            st_dac::StDacConfig::new().with_stn(stn).with_dense_width(32).init::<TrainBackend>(&device);
         let model = model.map(&mut Jitter);
-        let images = crate::data::load(&crate::data::Source::Mnist, Some(crate::data::Split::Test), Some(64), None)
-            .unwrap();
+        let images =
+            crate::data::load(&crate::data::Source::Mnist, Some(crate::data::Split::Test), Some(64), None)
+                .unwrap();
         let batch = Tensor::<TrainBackend, 4>::from_data(
             burn::tensor::TensorData::new(images.features.clone(), [64, 1, 28, 28]),
             &device,
@@ -504,14 +515,20 @@ mod tests {
             let input = input_of(784, Some((28, 28)));
             let graph = onnx::encode(&graph(&model.export_layers(), &input, 10, None));
             let got = onnx::run_with_tract(&graph, &input.dims, n, images[..n * 784].to_vec()).unwrap();
-            let gap = |a: &[f32], b: Vec<f32>| a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let gap =
+                |a: &[f32], b: Vec<f32>| a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             let embedding_gap = gap(&got[0], out.embedding.into_data().to_vec().unwrap());
             assert!(embedding_gap < 1e-4, "{stn:?}: embeddings differ by {embedding_gap}");
             assert_eq!(got.len(), 1 + with_input as usize, "{stn:?}: outputs");
             if let Some(theta) = out.theta {
                 let theta: Vec<f32> = theta.into_data().to_vec().unwrap();
-                assert!(theta.iter().zip([1.0, 0.0, 0.0, 0.0, 1.0, 0.0].iter().cycle()).any(|(a, b)| (a - b).abs() > 1e-3),
-                    "the jittered transformer should leave the identity");
+                assert!(
+                    theta
+                        .iter()
+                        .zip([1.0, 0.0, 0.0, 0.0, 1.0, 0.0].iter().cycle())
+                        .any(|(a, b)| (a - b).abs() > 1e-3),
+                    "the jittered transformer should leave the identity"
+                );
                 assert!(gap(&got[1], theta) < 1e-5, "{stn:?}: θ differs");
             }
         }
@@ -532,8 +549,13 @@ mod tests {
         assert_eq!((count("QLinearConv"), count("QLinearMatMul")), (3, 1), "{ops:?}");
         assert_eq!(count("GridSample"), 2);
         assert_eq!(count("Conv"), 4, "two float convolutions in each localization net");
-        let float = onnx::run_with_tract(&onnx::encode(&graph(&layers, &input, 10, None)), &input.dims, 64, images.clone())
-            .unwrap();
+        let float = onnx::run_with_tract(
+            &onnx::encode(&graph(&layers, &input, 10, None)),
+            &input.dims,
+            64,
+            images.clone(),
+        )
+        .unwrap();
         let int8 = onnx::run_with_tract(&onnx::encode(&proto), &input.dims, 64, images).unwrap();
         let gap = float[0].iter().zip(&int8[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(gap < 0.05, "int8 embeddings differ from float by {gap}");

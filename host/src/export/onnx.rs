@@ -40,15 +40,24 @@ pub enum Layer {
     Relu,
     Tanh,
     /// Max over `size` × `size` windows with stride `size`, no padding (a ragged edge is dropped).
-    MaxPool { size: usize },
+    MaxPool {
+        size: usize,
+    },
     /// y[n, c, …] = x[n, c, …]·scale[c] + shift[c]: a BatchNorm in evaluation that no neighbour can
     /// absorb exactly (it follows a pool and precedes a zero-padded convolution).
-    ChannelAffine { scale: Vec<f32>, shift: Vec<f32> },
+    ChannelAffine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
     /// A spatial transformer on a [N, C, height, width] map: θ = identity + `localization`(x), as
     /// [N, 2, 3]; the map is resampled through θ (bilinear, zeros outside, −1 and 1 at the corner
     /// pixels' centres). There is no AffineGrid in tract, so the grid is a MatMul of a constant base
     /// grid by θᵀ, fed to GridSample (opset ≥ 16).
-    SpatialTransformer { localization: Vec<Layer>, height: usize, width: usize },
+    SpatialTransformer {
+        localization: Vec<Layer>,
+        height: usize,
+        width: usize,
+    },
     /// DAC's constraint layer on [N, k]: exp(x − max x), then L2-normalised per row.
     Constraint,
 }
@@ -178,7 +187,8 @@ impl GraphBuilder {
                     let w =
                         self.constant("conv_w", &[channels[1], channels[0], kernel[0], kernel[1]], weight);
                     let b = self.constant("conv_b", &[channels[1]], bias);
-                    let output = self.node("Conv", &[&x, &w, &b], conv_attributes(*kernel, *stride, *padding));
+                    let output =
+                        self.node("Conv", &[&x, &w, &b], conv_attributes(*kernel, *stride, *padding));
                     (output.clone(), Some(Tap { input, output }))
                 }
                 Layer::SpatialTransformer { localization, height, width } => {
@@ -225,7 +235,13 @@ impl GraphBuilder {
     }
 
     /// The resampled map and θ of a spatial transformer on `x`.
-    fn spatial_transformer(&mut self, x: &str, localization: &[Layer], h: usize, w: usize) -> (String, String) {
+    fn spatial_transformer(
+        &mut self,
+        x: &str,
+        localization: &[Layer],
+        h: usize,
+        w: usize,
+    ) -> (String, String) {
         let delta = self.layers(x.to_string(), localization); // [N, 6]
         let identity = self.constant("stn_identity", &[6], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
         let flat_theta = self.node("Add", &[&delta, &identity], Vec::new());
@@ -366,7 +382,11 @@ impl TractRunner {
     pub fn run(&mut self, values: &[f32], n: usize) -> anyhow::Result<Vec<Vec<f32>>> {
         use tract_onnx::prelude::*;
         let per_input: usize = self.input_dims.iter().product();
-        anyhow::ensure!(values.len() == n * per_input, "{} values for {n} inputs of {per_input}", values.len());
+        anyhow::ensure!(
+            values.len() == n * per_input,
+            "{} values for {n} inputs of {per_input}",
+            values.len()
+        );
         let mut outputs: Vec<Vec<f32>> = Vec::new();
         for (i, chunk) in values.chunks(CHUNK * per_input).enumerate() {
             let batch = chunk.len() / per_input;

@@ -86,10 +86,8 @@ pub fn calibrate(layers: &[Layer], input: &Input, values: &[f32], n: usize) -> a
         .run(values, n)
         .context("tract cannot run the calibration graph")?;
     let mut seen = results[1..].iter().map(|r| Range::of(r));
-    let ranges = taps
-        .iter()
-        .map(|tap| tap.as_ref().map(|_| (seen.next().unwrap(), seen.next().unwrap())))
-        .collect();
+    let ranges =
+        taps.iter().map(|tap| tap.as_ref().map(|_| (seen.next().unwrap(), seen.next().unwrap()))).collect();
     Ok(Calibration { images: n, ranges })
 }
 

@@ -94,7 +94,12 @@ impl<B: Backend> SpatialTransformer<B> {
             localization.push(export_conv(&stage.conv));
             localization.push(Layer::Tanh);
         }
-        localization.extend([Layer::Flatten, export_dense(&self.hidden), Layer::Tanh, export_dense(&self.theta)]);
+        localization.extend([
+            Layer::Flatten,
+            export_dense(&self.hidden),
+            Layer::Tanh,
+            export_dense(&self.theta),
+        ]);
         if self.final_tanh {
             localization.push(Layer::Tanh);
         }
