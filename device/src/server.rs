@@ -123,7 +123,7 @@ impl Server {
     fn update_capabilities(&mut self) {
         let mut flags = 0;
         if self.store.is_some() {
-            flags |= Capabilities::FLASH | Capabilities::FRAMES;
+            flags |= Capabilities::FLASH | Capabilities::FRAMES | Capabilities::ROLLBACK;
         }
         if self.engine.as_ref().is_some_and(|engine| engine.manifest().outputs.iter().any(|o| o == "theta")) {
             flags |= Capabilities::STN;
@@ -203,7 +203,11 @@ impl Server {
                 Ok(()) => DeviceMsg::Ack { seq },
                 Err(code) => nack(code),
             },
-            HostMsg::FlashBegin(_) | HostMsg::FlashChunk(_) | HostMsg::FlashCommit | HostMsg::FlashAbort => {
+            HostMsg::FlashBegin(_)
+            | HostMsg::FlashChunk(_)
+            | HostMsg::FlashCommit
+            | HostMsg::FlashAbort
+            | HostMsg::FlashRollback => {
                 match self.flash(&request.msg) {
                     Ok(()) => DeviceMsg::Ack { seq },
                     Err(code) => nack(code),
@@ -241,6 +245,16 @@ impl Server {
                 self.update_capabilities();
             }),
             HostMsg::FlashAbort => store.abort(),
+            HostMsg::FlashRollback => store.rollback().map(|activated| {
+                eprintln!(
+                    "stdac-device: rolled back to model {} (SHA-256 {}), now active",
+                    activated.model.name,
+                    hex(&activated.model.sha256)
+                );
+                self.model = Some(activated.model.info());
+                self.engine = Some(activated.engine);
+                self.update_capabilities();
+            }),
             _ => unreachable!("only flash requests come here"),
         };
         result.map_err(|error| {
@@ -732,6 +746,44 @@ mod tests {
             seq += 1;
             assert_eq!(server.handle(request(seq, HostMsg::FlashAbort)), Some(DeviceMsg::Ack { seq }));
             assert_eq!(server.hello().model, old_model);
+        }
+
+        #[test]
+        fn rollback_brings_back_the_replaced_model_and_a_second_undoes_it() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            assert!(server.hello().capabilities.has(Capabilities::ROLLBACK));
+            let mut seq = 1;
+            assert_eq!(
+                server.handle(request(seq, HostMsg::FlashRollback)),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::NoPrevious })
+            );
+            let (old, new) = (bundle("old", 1.0, false), bundle("new", 2.0, false));
+            assert_eq!(flash(&mut server, &mut seq, &old, MAX_CHUNK), DeviceMsg::Ack { seq });
+            let old_model = server.hello().model.unwrap();
+            seq += 1;
+            assert_eq!(
+                server.handle(request(seq, HostMsg::FlashRollback)),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::NoPrevious }),
+                "one flash keeps no previous model"
+            );
+            assert_eq!(flash(&mut server, &mut seq, &new, MAX_CHUNK), DeviceMsg::Ack { seq });
+            let new_model = server.hello().model.unwrap();
+
+            seq += 1;
+            assert_eq!(server.handle(request(seq, HostMsg::FlashRollback)), Some(DeviceMsg::Ack { seq }));
+            assert_eq!(server.hello().model.as_ref(), Some(&old_model));
+            let engine = Engine::load(Bundle::from_bytes(&old, "test").unwrap(), "test").unwrap();
+            let pixels = picture(30, 220);
+            let sent = send_frame(&mut server, &mut seq, 3, &pixels, 784).1;
+            assert_eq!(assignment(&sent[0]), expected(&engine, 3, &pixels, false), "the old model serves");
+
+            seq += 1;
+            assert_eq!(server.handle(request(seq, HostMsg::FlashRollback)), Some(DeviceMsg::Ack { seq }));
+            assert_eq!(server.hello().model.as_ref(), Some(&new_model), "a second rollback undoes the first");
+            drop(server);
+            let server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            assert_eq!(server.hello().model, Some(new_model), "and it survives a restart");
         }
 
         #[test]

@@ -174,7 +174,7 @@ impl StoreError {
             StoreError::Checksum { .. } => ErrorCode::FlashChecksum,
             StoreError::Bundle(_) | StoreError::Engine(_) => ErrorCode::FlashInvalidBundle,
             // The protocol has no rollback request yet; the nearest meaning is "no model to use".
-            StoreError::NoPrevious { .. } => ErrorCode::NoModel,
+            StoreError::NoPrevious { .. } => ErrorCode::NoPrevious,
         }
     }
 }
@@ -794,7 +794,7 @@ mod tests {
         let e = store.rollback().unwrap_err();
         assert!(matches!(e, StoreError::NoPrevious { .. }), "{e}");
         assert!(e.to_string().contains("previous.stdac does not exist"), "{e}");
-        assert_eq!(e.code(), ErrorCode::NoModel);
+        assert_eq!(e.code(), ErrorCode::NoPrevious);
 
         let a = bundle("first");
         flash(&mut store, &a).unwrap();

@@ -102,6 +102,7 @@ pub fn hello_json(hello: &DeviceHello) -> serde_json::Value {
         (Capabilities::FRAMES, "frames"),
         (Capabilities::CAMERA, "camera"),
         (Capabilities::STN, "stn"),
+        (Capabilities::ROLLBACK, "rollback"),
     ]
     .into_iter()
     .filter(|(flag, _)| hello.capabilities.has(*flag))

@@ -329,6 +329,7 @@ fn request_name(msg: &HostMsg) -> &'static str {
         HostMsg::FlashChunk(_) => "flash-chunk",
         HostMsg::FlashCommit => "flash-commit",
         HostMsg::FlashAbort => "flash-abort",
+        HostMsg::FlashRollback => "flash-rollback",
         HostMsg::Frame(_) => "frame",
         HostMsg::StartStream => "start-stream",
         HostMsg::StopStream => "stop-stream",

@@ -4,7 +4,9 @@
 //! Wire stability: `Hello` is variant 0 of both [`HostMsg`] and [`DeviceMsg`] and starts with the protocol
 //! version, so a peer of any version can read that much of a hello (see [`peek_hello_protocol`]) and report
 //! a mismatch clearly. Any other change to these types changes the bytes on the wire: bump
-//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) and the golden-byte tests will tell you they broke.
+//! [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) and the golden-byte tests will tell you they broke. The one
+//! exception is a variant appended at the end of an enum: every existing message keeps its bytes, an older
+//! peer answers the new one with `Malformed`, and a capability flag says who understands it.
 
 use core::fmt;
 
@@ -59,6 +61,9 @@ pub enum HostMsg {
     StopStream,
     /// Session options.
     SetOptions(Options),
+    /// Makes the previous model active again (the one the last flash replaced); the model it replaces
+    /// becomes the previous, so a second rollback undoes the first. Needs [`Capabilities::ROLLBACK`].
+    FlashRollback,
 }
 
 /// The host's half of the hello.
@@ -183,6 +188,8 @@ impl Capabilities {
     pub const CAMERA: u32 = 1 << 2;
     /// Can report the spatial transformer's θ.
     pub const STN: u32 = 1 << 3;
+    /// Keeps the model a flash replaced and honours `FlashRollback`.
+    pub const ROLLBACK: u32 = 1 << 4;
 
     pub const fn has(self, flag: u32) -> bool {
         self.0 & flag == flag
@@ -269,6 +276,8 @@ pub enum ErrorCode {
     Camera,
     /// A device-side failure not covered above; see the device log.
     Internal,
+    /// `FlashRollback` on a device that keeps no previous model (never flashed twice).
+    NoPrevious,
 }
 
 impl fmt::Display for ErrorCode {
@@ -297,6 +306,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::FrameInvalid => write!(f, "inconsistent frame size, format or offset"),
             ErrorCode::Camera => write!(f, "camera failure"),
             ErrorCode::Internal => write!(f, "internal device error (see the device log)"),
+            ErrorCode::NoPrevious => write!(f, "the device keeps no previous model to roll back to"),
         }
     }
 }

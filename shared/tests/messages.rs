@@ -37,6 +37,7 @@ fn every_host_msg() -> std::vec::Vec<HostMsg> {
         HostMsg::StartStream,
         HostMsg::StopStream,
         HostMsg::SetOptions(Options { report_stn: true, stats_interval_ms: u32::MAX }),
+        HostMsg::FlashRollback,
     ];
     // A new variant must be added above: this match has no wildcard, so it stops compiling.
     for msg in &all {
@@ -50,7 +51,8 @@ fn every_host_msg() -> std::vec::Vec<HostMsg> {
             | HostMsg::Frame(_)
             | HostMsg::StartStream
             | HostMsg::StopStream
-            | HostMsg::SetOptions(_) => {}
+            | HostMsg::SetOptions(_)
+            | HostMsg::FlashRollback => {}
         }
     }
     all
@@ -76,6 +78,7 @@ fn every_error_code() -> std::vec::Vec<ErrorCode> {
         FrameInvalid,
         Camera,
         Internal,
+        NoPrevious,
     ]
 }
 
@@ -207,6 +210,18 @@ fn golden_bytes_of_a_host_hello() {
 #[test]
 fn golden_bytes_of_a_ping_with_a_two_byte_seq() {
     assert_golden(Request { seq: 300, msg: HostMsg::Ping }, "0008ac0201022f126a00");
+}
+
+/// `FlashRollback` was appended after the first release of the wire format: it takes the next tag and
+/// leaves every earlier variant's tag (and so its bytes) as it was.
+#[test]
+fn appended_variants_take_new_tags_and_move_no_old_one() {
+    let payload = |msg| postcard::to_allocvec(&Request { seq: 1, msg }).unwrap();
+    assert_eq!(payload(HostMsg::SetOptions(Options::default())), [0x01, 0x09, 0x00, 0x00]);
+    assert_eq!(payload(HostMsg::FlashRollback), [0x01, 0x0a]);
+    let nack = |code| postcard::to_allocvec(&DeviceMsg::Nack { seq: None, code }).unwrap();
+    assert_eq!(nack(ErrorCode::Internal), [0x02, 0x00, 0x10]);
+    assert_eq!(nack(ErrorCode::NoPrevious), [0x02, 0x00, 0x11]);
 }
 
 #[test]
