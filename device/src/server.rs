@@ -43,6 +43,9 @@ pub struct Server {
     frame: FrameAssembly,
     /// Messages to send after the reply (a frame's assignment).
     outbox: Vec<DeviceMsg>,
+    /// The last frame's assignment: sent again when that frame's chunk is resent, since the host resends
+    /// when the assignment was lost on the line.
+    last_assignment: Option<stdac_protocol::Assignment>,
 }
 
 /// A frame's chunks as they arrive; the buffer is kept from frame to frame.
@@ -80,6 +83,7 @@ impl Server {
             engine: None,
             frame: FrameAssembly::default(),
             outbox: Vec::new(),
+            last_assignment: None,
         }
     }
 
@@ -175,7 +179,11 @@ impl Server {
         };
         if let Some((last_request, last_reply)) = &self.last {
             if *last_request == request {
-                return Some(last_reply.clone());
+                let reply = last_reply.clone();
+                if let HostMsg::Frame(chunk) = &request.msg {
+                    self.resend_assignment(chunk.frame_id);
+                }
+                return Some(reply);
             }
         }
         let reply = self.answer(&request);
@@ -207,12 +215,10 @@ impl Server {
             | HostMsg::FlashChunk(_)
             | HostMsg::FlashCommit
             | HostMsg::FlashAbort
-            | HostMsg::FlashRollback => {
-                match self.flash(&request.msg) {
-                    Ok(()) => DeviceMsg::Ack { seq },
-                    Err(code) => nack(code),
-                }
-            }
+            | HostMsg::FlashRollback => match self.flash(&request.msg) {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
             HostMsg::StartStream | HostMsg::StopStream => nack(ErrorCode::Unsupported),
         }
     }
@@ -258,7 +264,11 @@ impl Server {
             _ => unreachable!("only flash requests come here"),
         };
         result.map_err(|error| {
-            eprintln!("stdac-device: flash refused: {error}");
+            // An empty chunk is the host asking where to resume: the answer is no failure to log.
+            let probe = matches!(msg, HostMsg::FlashChunk(chunk) if chunk.data.is_empty());
+            if !probe {
+                eprintln!("stdac-device: flash refused: {error}");
+            }
             error.code()
         })
     }
@@ -293,7 +303,8 @@ impl Server {
             return Err(ErrorCode::FrameInvalid);
         }
         if frame.bytes.len() == frame.size {
-            // A chunk of a frame already assigned, resent: nothing more to do.
+            // A chunk of a frame already assigned, resent: its assignment again, not a second inference.
+            self.resend_assignment(chunk.frame_id);
             return Ok(());
         }
         // Chunks are idempotent: a resent one overwrites what it wrote before.
@@ -320,7 +331,7 @@ impl Server {
             }
         })?;
         let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        self.outbox.push(DeviceMsg::Assignment(stdac_protocol::Assignment {
+        let assignment = stdac_protocol::Assignment {
             frame_id: chunk.frame_id,
             cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
             distance: assignment.distance,
@@ -328,9 +339,18 @@ impl Server {
             novel: assignment.novel,
             inference_us,
             stn: if self.options.report_stn { assignment.theta } else { None },
-        }));
+        };
+        self.last_assignment = Some(assignment.clone());
+        self.outbox.push(DeviceMsg::Assignment(assignment));
         self.stats.assignments_sent += 1;
         Ok(())
+    }
+
+    /// Queues the last assignment again if it is frame `frame_id`'s.
+    fn resend_assignment(&mut self, frame_id: u32) {
+        if let Some(assignment) = self.last_assignment.as_ref().filter(|a| a.frame_id == frame_id) {
+            self.outbox.push(DeviceMsg::Assignment(assignment.clone()));
+        }
     }
 
     /// Replies to a hello with ours, whatever the host's version, so that the host can name both
@@ -746,6 +766,39 @@ mod tests {
             seq += 1;
             assert_eq!(server.handle(request(seq, HostMsg::FlashAbort)), Some(DeviceMsg::Ack { seq }));
             assert_eq!(server.hello().model, old_model);
+        }
+
+        #[test]
+        fn a_resent_last_chunk_sends_the_same_assignment_again_without_a_second_frame() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            assert_eq!(flash(&mut server, &mut seq, &bundle("m", 1.0, false), 900), DeviceMsg::Ack { seq });
+            let pixels = picture(250, 5);
+            let (_, sent) = send_frame(&mut server, &mut seq, 21, &pixels, 400);
+            let first = assignment(&sent[0]);
+            let last_chunk = |seq| {
+                request(
+                    seq,
+                    HostMsg::Frame(FrameChunk {
+                        frame_id: 21,
+                        width: 28,
+                        height: 28,
+                        format: PixelFormat::Gray8,
+                        offset: 400,
+                        data: heapless::Vec::from_slice(&pixels[400..]).unwrap(),
+                    }),
+                )
+            };
+            // The same request again (its ack lost), then a fresh copy (the assignment lost).
+            for seq in [seq, seq + 1] {
+                assert_eq!(server.handle(last_chunk(seq)), Some(DeviceMsg::Ack { seq }));
+                let again = server.take_outgoing().expect("the assignment again");
+                assert_eq!(assignment(&again), first);
+                assert_eq!(server.take_outgoing(), None);
+            }
+            assert_eq!(server.stats().frames_received, 1);
+            assert_eq!(server.stats().assignments_sent, 1);
         }
 
         #[test]

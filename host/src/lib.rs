@@ -13,6 +13,12 @@
 //! - [`transport`]: the client of a board over a serial port.
 //! - [`local_device`]: the firmware run on this machine behind a pseudo-terminal.
 //! - [`selftest`]: end-to-end check of a serial link.
+//! - [`flash`]: a bundle written onto a board (resumable, verified), and rollback.
+//! - [`stream`]: frames to a board, assignments back; running totals and JSON lines.
+//! - [`hil`]: hardware-in-the-loop test: the board's assignments checked against the host's engine.
+//! - [`demo`]: the main job: a local board flashed with the default model and streamed to.
+//! - [`progress`]: progress bars and status lines on a terminal.
+//! - [`relay`]: a serial line between two pseudo-terminals, paced to a baud rate or damaged on purpose.
 
 /// The bundle the product ships as its default model (relative to the repository root).
 pub const DEFAULT_BUNDLE: &str = "models/mnist-st-dac/mnist-st-dac.stdac";
@@ -29,13 +35,19 @@ pub fn locate_bundle(path: &std::path::Path) -> std::path::PathBuf {
 pub mod autoencoder;
 pub mod backend;
 pub mod data;
+pub mod demo;
 pub mod export;
 pub mod figures;
+pub mod flash;
+pub mod hil;
 pub mod kmeans;
 pub mod local_device;
 pub mod metrics;
 pub mod pca;
+pub mod progress;
+pub mod relay;
 pub mod run;
 pub mod selftest;
 pub mod st_dac;
+pub mod stream;
 pub mod transport;

@@ -17,26 +17,54 @@ pub struct LocalDevice {
 }
 
 impl LocalDevice {
-    /// Runs the firmware built into this very `stdac` binary (`stdac device`, the same code as
-    /// `stdac-device`).
-    pub fn start_builtin(config: LinkConfig) -> anyhow::Result<(LocalDevice, DeviceClient)> {
+    /// Runs the firmware built into this very `stdac` binary (`stdac device ARGS…`, the same code as
+    /// `stdac-device`), e.g. with `--store DIR`.
+    pub fn start_builtin(
+        args: &[String],
+        log: Option<&Path>,
+        config: LinkConfig,
+    ) -> anyhow::Result<(LocalDevice, DeviceClient)> {
         let exe = std::env::current_exe().context("cannot locate the running stdac binary")?;
-        Self::start(&exe, &["device".to_string()], config)
+        let args: Vec<String> = std::iter::once("device".to_string()).chain(args.iter().cloned()).collect();
+        Self::start(&exe, &args, log, config)
+    }
+
+    /// Runs a firmware given as a command line, e.g. `target/aarch64-unknown-linux-gnu/release/stdac-device`
+    /// or `qemu-aarch64 -L /usr/aarch64-linux-gnu stdac-device` (split on whitespace), with `args…`.
+    pub fn start_command(
+        command: &str,
+        args: &[String],
+        log: Option<&Path>,
+        config: LinkConfig,
+    ) -> anyhow::Result<(LocalDevice, DeviceClient)> {
+        let mut words = command.split_whitespace().map(str::to_string);
+        let program = words.next().context("the firmware command is empty")?;
+        let args: Vec<String> = words.chain(args.iter().cloned()).collect();
+        Self::start(Path::new(&program), &args, log, config)
     }
 
     /// Runs `program args… --port <tty>` on a fresh pseudo-terminal and returns a client on its other
-    /// side, once the firmware has answered a hello.
+    /// side, once the firmware has answered a hello. The firmware's log goes to `log` when given, else
+    /// to our stderr.
     pub fn start(
         program: &Path,
         args: &[String],
+        log: Option<&Path>,
         config: LinkConfig,
     ) -> anyhow::Result<(LocalDevice, DeviceClient)> {
         let (master, slave) = TTYPort::pair().context("cannot create a pseudo-terminal pair")?;
         let tty = slave.name().context("the pseudo-terminal has no name")?;
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(program)
             .args(args)
             .args(["--port", &tty])
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start the device firmware {}", program.display()))?;
         let mut device = LocalDevice { child, tty: tty.clone() };

@@ -25,6 +25,8 @@ use stdac::transport::{DeviceClient, LinkConfig};
 use stdac::{export, figures, selftest};
 use stdac_device::cli::DeviceArgs;
 
+mod board_cli;
+
 #[derive(Parser)]
 #[command(name = "stdac", version, about = "Unsupervised image clustering, from training to the edge board")]
 struct Cli {
@@ -155,6 +157,21 @@ enum Command {
     },
     /// Run the device firmware on this machine, serving a serial port (the same code as stdac-device).
     Device(DeviceArgs),
+    /// Write a model bundle onto a board: checked first, sent in chunks with resends, resumed where a cut
+    /// flash stopped, then the board must report the bundle's SHA-256. `--rollback` brings back the
+    /// previous model instead.
+    Flash(board_cli::FlashArgs),
+    /// Send frames to a board (a folder of pictures or a dataset) and show its assignments live:
+    /// per-cluster counts, rate, latency. Without frames, listen to the board's own camera.
+    Stream(board_cli::StreamArgs),
+    /// Hardware-in-the-loop test: flash a bundle, stream real frames, check every assignment against the
+    /// host's engine, score them, and write a pass/fail report (JSON and markdown). Without --port, the
+    /// board firmware runs locally behind a pseudo-terminal.
+    Hil(board_cli::HilArgs),
+    /// The main job, on any machine: the board firmware on a pseudo-terminal, the default model flashed
+    /// onto it, real MNIST test frames streamed, each assignment printed and checked, then the scores
+    /// and the report and figures written.
+    Demo(board_cli::DemoArgs),
 }
 
 #[derive(Args)]
@@ -364,16 +381,16 @@ enum BaselineMethod {
 }
 
 #[derive(Args)]
-struct PortArgs {
+pub(crate) struct PortArgs {
     /// Serial port of the board, e.g. /dev/ttyUSB0.
     #[arg(long, env = "STDAC_PORT")]
-    port: String,
+    pub(crate) port: String,
     #[command(flatten)]
-    link: LinkArgs,
+    pub(crate) link: LinkArgs,
 }
 
 #[derive(Args)]
-struct LinkArgs {
+pub(crate) struct LinkArgs {
     /// Line speed in baud.
     #[arg(long, default_value_t = 115_200, env = "STDAC_BAUD")]
     baud: u32,
@@ -395,7 +412,7 @@ enum Level {
 }
 
 impl LinkArgs {
-    fn config(&self) -> LinkConfig {
+    pub(crate) fn config(&self) -> LinkConfig {
         LinkConfig {
             baud: self.baud,
             timeout: Duration::from_millis(self.timeout_ms),
@@ -436,6 +453,10 @@ fn main() {
         Command::Info { port } => info(&port),
         Command::Ping { port, count } => ping(&port, count),
         Command::Device(args) => stdac_device::cli::run(&args),
+        Command::Flash(args) => board_cli::flash_cmd(&args),
+        Command::Stream(args) => board_cli::stream_cmd(&args),
+        Command::Hil(args) => board_cli::hil_cmd(&args),
+        Command::Demo(args) => board_cli::demo_cmd(&args),
     };
     if let Err(error) = result {
         eprintln!("stdac: error: {error:#}");
@@ -836,7 +857,7 @@ fn selftest_cmd(port: Option<String>, pings: u32, link: &LinkArgs) -> anyhow::Re
     let (_local, mut client) = match &port {
         Some(path) => (None, DeviceClient::open(path, link.config())?),
         None => {
-            let (local, client) = LocalDevice::start_builtin(link.config())?;
+            let (local, client) = LocalDevice::start_builtin(&[], None, link.config())?;
             println!("started the device firmware locally on {} (pid {})", local.tty, local.pid());
             (Some(local), client)
         }

@@ -129,6 +129,10 @@ impl DeviceClient {
         &self.name
     }
 
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
     pub fn stats(&self) -> ClientStats {
         ClientStats { frames: self.decoder.stats(), ..self.stats }
     }
@@ -164,6 +168,12 @@ impl DeviceClient {
     /// Sends `msg` and waits for its reply (a hello or an ack), resending on timeouts and on nacks of
     /// damaged frames. A nack of the request itself is [`LinkError::Rejected`].
     pub fn request(&mut self, msg: HostMsg) -> Result<DeviceMsg, LinkError> {
+        self.request_within(msg, self.config.timeout)
+    }
+
+    /// [`DeviceClient::request`] waiting `timeout` for each reply instead of the configured timeout: for
+    /// requests that take the device long (a flash commit loads the new model).
+    pub fn request_within(&mut self, msg: HostMsg, timeout: Duration) -> Result<DeviceMsg, LinkError> {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let what = request_name(&msg);
@@ -175,7 +185,7 @@ impl DeviceClient {
                 self.stats.resends += 1;
             }
             self.write(&wire)?;
-            let deadline = Instant::now() + self.config.timeout;
+            let deadline = Instant::now() + timeout;
             while let Some(incoming) = self.next_incoming(deadline)? {
                 match incoming {
                     Ok(DeviceMsg::Hello { seq: s, hello }) if s == seq => {
@@ -214,12 +224,7 @@ impl DeviceClient {
                 }
             }
         }
-        Err(LinkError::NoReply {
-            port: self.name.clone(),
-            request: what,
-            attempts,
-            timeout: self.config.timeout,
-        })
+        Err(LinkError::NoReply { port: self.name.clone(), request: what, attempts, timeout })
     }
 
     /// The next message the device sent on its own, waiting up to `timeout`.

@@ -38,7 +38,9 @@ pub fn load_picture(path: &Path, size: usize) -> anyhow::Result<Vec<f32>> {
     Ok(letterbox_grey(grey.as_raw(), width as usize, height as usize, size))
 }
 
-pub fn load_folder(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
+/// The pictures of an image folder in order, each with its class (when the folder has class
+/// subfolders), and the class names.
+pub fn list_pictures(dir: &Path) -> anyhow::Result<(Vec<(PathBuf, Option<i64>)>, Vec<String>)> {
     let entries = sorted_entries(dir)?;
     let classes: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
     let mut samples: Vec<(PathBuf, Option<i64>)> = Vec::new();
@@ -53,22 +55,27 @@ pub fn load_folder(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
     if samples.is_empty() {
         bail!("image folder {} holds no .png, .jpg or .jpeg pictures", dir.display());
     }
+    let class_names = classes
+        .iter()
+        .map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    Ok((samples, class_names))
+}
 
+pub fn load_folder(dir: &Path, size: usize) -> anyhow::Result<Dataset> {
+    let (samples, class_names) = list_pictures(dir)?;
     let mut features = Vec::with_capacity(samples.len() * size * size);
     for (path, _) in &samples {
         features.extend(load_picture(path, size)?);
     }
-    let labelled = !classes.is_empty();
+    let labelled = !class_names.is_empty();
     Ok(Dataset {
         name: dir.display().to_string(),
         features,
         dim: size * size,
         image_size: Some((size, size)),
         labels: labelled.then(|| samples.iter().map(|(_, l)| l.expect("labelled")).collect()),
-        class_names: classes
-            .iter()
-            .map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-            .collect(),
+        class_names,
     })
 }
 
