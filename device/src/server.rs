@@ -1,18 +1,22 @@
 //! The device's side of the protocol: answers each request, reports damaged frames so the host resends,
-//! and sends periodic stats. Transport-agnostic: it only sees a [`Link`].
+//! streams the assignments of its own frames (a camera, a folder) between `StartStream` and
+//! `StopStream`, and sends periodic stats. Transport-agnostic: it only sees a [`Link`].
 
 use std::time::{Duration, Instant};
 
-use embedded_io::{Read, Write};
+use embedded_io::{Read, ReadReady, Write};
 use stdac_protocol::{
-    Capabilities, DeviceHello, DeviceMsg, ErrorCode, FrameError, HostMsg, ModelInfo, Options, Request, Stats,
-    MAX_FRAME, PROTOCOL_VERSION,
+    Capabilities, DeviceHello, DeviceMsg, ErrorCode, FrameError, HostMsg, LogLevel, LogLine, ModelInfo,
+    Options, Request, Stats, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::bundle;
-use crate::engine::Engine;
+use crate::capture::{Capture, CaptureEvent, CapturedFrame};
+use crate::engine::{Engine, EngineError};
 use crate::link::{Incoming, Link, LinkError};
 use crate::preprocess::{self, FrameRef};
+use crate::queue::DropOldestQueue;
+use crate::status::{Indicator, NoLed, StatusLed};
 use crate::store::ModelStore;
 
 /// The largest frame the device assembles: a 1920 × 1080 RGB picture. A larger one is refused with
@@ -21,6 +25,15 @@ pub const MAX_FRAME_BYTES: usize = 1920 * 1080 * 3;
 
 /// The firmware's version, as reported in its hello.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Messages waiting to be sent at most; beyond it the oldest is dropped (and a dropped assignment
+/// counted as a dropped frame). [`Server::run`] empties it after every step, so it fills only when the
+/// caller stops taking messages.
+pub const OUTBOX_CAPACITY: usize = 32;
+
+/// How long the streaming run loop waits for a frame before looking at the line again: the most a
+/// request waits while a stream is on.
+pub const STREAM_WAIT: Duration = Duration::from_millis(5);
 
 pub struct Server {
     capabilities: Capabilities,
@@ -41,8 +54,12 @@ pub struct Server {
     engine: Option<Engine>,
     /// The frame being assembled from its chunks.
     frame: FrameAssembly,
-    /// Messages to send after the reply (a frame's assignment).
-    outbox: Vec<DeviceMsg>,
+    /// Messages to send after the reply (assignments, stream errors), oldest first.
+    outbox: DropOldestQueue<DeviceMsg>,
+    /// The board's own frames (`--frames`, `--camera`); `None` on a device without a source.
+    capture: Option<Capture>,
+    /// The status LED: lit while a frame is assigned or a flash chunk written.
+    led: Box<dyn Indicator>,
 }
 
 /// A frame's chunks as they arrive; the buffer is kept from frame to frame.
@@ -79,8 +96,29 @@ impl Server {
             store: None,
             engine: None,
             frame: FrameAssembly::default(),
-            outbox: Vec::new(),
+            outbox: DropOldestQueue::new(OUTBOX_CAPACITY),
+            capture: None,
+            led: Box::new(StatusLed::new(NoLed)),
         }
+    }
+
+    /// The device streams frames from `capture` between `StartStream` and `StopStream`, and says so in
+    /// its hello ([`Capabilities::CAMERA`]).
+    pub fn with_capture(mut self, capture: Capture) -> Self {
+        self.capture = Some(capture);
+        self.update_capabilities();
+        self
+    }
+
+    /// The device shows its activity on `led`.
+    pub fn with_led(mut self, led: impl Indicator + 'static) -> Self {
+        self.led = Box::new(led);
+        self
+    }
+
+    /// The frame source's capture, when the device has one.
+    pub fn capture(&self) -> Option<&Capture> {
+        self.capture.as_ref()
     }
 
     /// A device that flashes into `store` and assigns frames with its active model (loaded now). A
@@ -106,18 +144,38 @@ impl Server {
         self.store.as_ref()
     }
 
-    /// The counters so far.
+    /// The counters so far, streamed frames included: every frame received is, once the stream has
+    /// stopped and the outbox is empty, either assigned, dropped or refused.
     pub fn stats(&self) -> Stats {
-        self.stats
+        let mut stats = self.stats;
+        if let Some(capture) = &self.capture {
+            let counts = capture.counts();
+            stats.frames_received = stats.frames_received.saturating_add(counts.captured);
+            stats.frames_dropped = stats.frames_dropped.saturating_add(counts.dropped);
+        }
+        stats
     }
 
-    /// The next message to send that is no reply (a frame's assignment), oldest first.
+    /// The next message to send that is no reply (an assignment, a stream's error), oldest first. An
+    /// assignment is counted as sent here, when it leaves the outbox.
     pub fn take_outgoing(&mut self) -> Option<DeviceMsg> {
-        if self.outbox.is_empty() {
-            None
-        } else {
-            Some(self.outbox.remove(0))
+        let msg = self.outbox.pop()?;
+        if matches!(msg, DeviceMsg::Assignment(_)) {
+            self.stats.assignments_sent += 1;
         }
+        Some(msg)
+    }
+
+    /// Queues a message to send after the reply; a full outbox drops its oldest.
+    fn send_later(&mut self, msg: DeviceMsg) {
+        if let Some(DeviceMsg::Assignment(_)) = self.outbox.push(msg) {
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    /// Whether a stream is on (between `StartStream` and `StopStream`).
+    pub fn is_streaming(&self) -> bool {
+        self.capture.as_ref().is_some_and(Capture::is_streaming)
     }
 
     fn update_capabilities(&mut self) {
@@ -127,6 +185,9 @@ impl Server {
         }
         if self.engine.as_ref().is_some_and(|engine| engine.manifest().outputs.iter().any(|o| o == "theta")) {
             flags |= Capabilities::STN;
+        }
+        if self.capture.is_some() {
+            flags |= Capabilities::CAMERA;
         }
         self.capabilities = Capabilities(flags);
     }
@@ -141,22 +202,108 @@ impl Server {
     }
 
     /// Serves the link until it fails (the line closed, an I/O error).
-    pub fn run<T: Read + Write>(&mut self, link: &mut Link<T>) -> Result<(), LinkError<T::Error>> {
+    ///
+    /// While a stream produces frames, each turn answers at most one waiting request and then assigns
+    /// at most one frame, so neither starves the other; the line is read only when bytes wait on it
+    /// (its read timeout would otherwise pace the stream), and the turn waits for a frame at most
+    /// [`STREAM_WAIT`] instead. Each assignment is sent as soon as it is made.
+    pub fn run<T: Read + Write + ReadReady>(&mut self, link: &mut Link<T>) -> Result<(), LinkError<T::Error>> {
         loop {
-            if let Some(incoming) = link.poll()? {
-                self.stats.rx_errors = link.stats().errors();
-                if let Some(reply) = self.handle(incoming) {
-                    link.send(&reply)?;
+            let producing = self.capture.as_ref().is_some_and(Capture::is_producing);
+            let request_waiting = link.input_ready()?;
+            if !producing || request_waiting {
+                if let Some(incoming) = link.poll()? {
+                    self.stats.rx_errors = link.stats().errors();
+                    if let Some(reply) = self.handle(incoming) {
+                        link.send(&reply)?;
+                    }
                 }
-                while let Some(msg) = self.take_outgoing() {
-                    link.send(&msg)?;
-                }
+            }
+            if self.is_streaming() || self.capture.as_ref().is_some_and(|c| c.queued() > 0) {
+                self.stream_step(if request_waiting { Duration::ZERO } else { STREAM_WAIT });
+            }
+            while let Some(msg) = self.take_outgoing() {
+                link.send(&msg)?;
             }
             if let Some(stats) = self.stats_due(Instant::now()) {
                 self.stats.rx_errors = link.stats().errors();
                 link.send(&DeviceMsg::Stats(stats))?;
             }
         }
+    }
+
+    /// One step of the stream: tells the host of a capture event (a failed read, the source's end), or
+    /// else assigns the oldest queued frame, waiting up to `wait` for one. What it makes goes to the
+    /// outbox ([`Server::take_outgoing`]). Returns whether it did anything.
+    pub fn stream_step(&mut self, wait: Duration) -> bool {
+        let Some(capture) = &self.capture else { return false };
+        if let Some(event) = capture.next_event() {
+            let msg = match event {
+                CaptureEvent::Failed(detail) => DeviceMsg::Error { code: ErrorCode::Camera, detail: fit(&detail) },
+                CaptureEvent::Ended => {
+                    let text = format!("{}: no more frames", capture.describe());
+                    DeviceMsg::Log(LogLine { level: LogLevel::Info, text: fit(&text) })
+                }
+            };
+            self.send_later(msg);
+            return true;
+        }
+        match capture.next_frame(wait) {
+            Some(captured) => {
+                self.assign_streamed(captured);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Assigns one frame of the stream; its assignment, or the error that stopped it, goes to the
+    /// outbox.
+    fn assign_streamed(&mut self, captured: CapturedFrame) {
+        let Some(engine) = &self.engine else {
+            // StartStream needs a model and nothing unloads one, so this is a bug: say so and go on.
+            self.send_later(DeviceMsg::Error { code: ErrorCode::NoModel, detail: fit("a streamed frame without a model") });
+            return;
+        };
+        self.led.busy();
+        let started = Instant::now();
+        let result = captured.frame.as_ref().map_err(EngineError::from).and_then(|frame| engine.assign_frame(frame));
+        let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let msg = match result {
+            Ok(assignment) => {
+                self.led.idle();
+                DeviceMsg::Assignment(wire_assignment(captured.number, &assignment, inference_us, self.options.report_stn))
+            }
+            Err(error) => {
+                self.led.failed();
+                eprintln!("stdac-device: streamed frame {} not assigned: {error}", captured.number);
+                let code = match error {
+                    EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                    _ => ErrorCode::Internal,
+                };
+                DeviceMsg::Error { code, detail: fit(&format!("frame {}: {error}", captured.number)) }
+            }
+        };
+        self.send_later(msg);
+    }
+
+    /// `StartStream`: frames flow from the source and their assignments follow.
+    fn start_stream(&mut self) -> Result<(), ErrorCode> {
+        let capture = self.capture.as_ref().ok_or(ErrorCode::Unsupported)?;
+        if self.engine.is_none() {
+            return Err(ErrorCode::NoModel);
+        }
+        capture.start();
+        eprintln!("stdac-device: streaming from {}", capture.describe());
+        Ok(())
+    }
+
+    /// `StopStream`: no more frames; those still queued are discarded (counted as dropped).
+    fn stop_stream(&mut self) -> Result<(), ErrorCode> {
+        let capture = self.capture.as_ref().ok_or(ErrorCode::Unsupported)?;
+        let discarded = capture.stop();
+        eprintln!("stdac-device: stream stopped ({discarded} queued frames discarded)");
+        Ok(())
     }
 
     /// The reply to one incoming request or framing error, if it gets one.
@@ -213,7 +360,14 @@ impl Server {
                     Err(code) => nack(code),
                 }
             }
-            HostMsg::StartStream | HostMsg::StopStream => nack(ErrorCode::Unsupported),
+            HostMsg::StartStream => match self.start_stream() {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
+            HostMsg::StopStream => match self.stop_stream() {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
         }
     }
 
@@ -233,7 +387,14 @@ impl Server {
                 }
                 store.begin(begin.size.into(), begin.sha256)
             }
-            HostMsg::FlashChunk(chunk) => store.write_chunk(chunk.offset.into(), &chunk.data),
+            HostMsg::FlashChunk(chunk) => {
+                self.led.busy();
+                let written = store.write_chunk(chunk.offset.into(), &chunk.data);
+                if written.is_ok() {
+                    self.led.idle();
+                }
+                written
+            }
             HostMsg::FlashCommit => store.commit().map(|activated| {
                 eprintln!(
                     "stdac-device: flashed model {} (SHA-256 {}), now active",
@@ -259,6 +420,7 @@ impl Server {
         };
         result.map_err(|error| {
             eprintln!("stdac-device: flash refused: {error}");
+            self.led.failed();
             error.code()
         })
     }
@@ -308,28 +470,24 @@ impl Server {
             stdac_protocol::PixelFormat::Rgb888 => preprocess::PixelFormat::Rgb8,
             stdac_protocol::PixelFormat::Yuyv => preprocess::PixelFormat::Yuyv,
         };
+        self.led.busy();
         let started = Instant::now();
         let image =
             FrameRef { format, width: chunk.width.into(), height: chunk.height.into(), bytes: &frame.bytes };
+        let led = &mut self.led;
         let assignment = engine.assign_frame(image).map_err(|error| {
+            led.failed();
             frame.header = None;
             eprintln!("stdac-device: frame {} not assigned: {error}", chunk.frame_id);
             match error {
-                crate::engine::EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                EngineError::Frame(_) => ErrorCode::FrameInvalid,
                 _ => ErrorCode::Internal,
             }
         })?;
+        led.idle();
         let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        self.outbox.push(DeviceMsg::Assignment(stdac_protocol::Assignment {
-            frame_id: chunk.frame_id,
-            cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
-            distance: assignment.distance,
-            margin: assignment.margin,
-            novel: assignment.novel,
-            inference_us,
-            stn: if self.options.report_stn { assignment.theta } else { None },
-        }));
-        self.stats.assignments_sent += 1;
+        let assignment = wire_assignment(chunk.frame_id, &assignment, inference_us, self.options.report_stn);
+        self.send_later(DeviceMsg::Assignment(assignment));
         Ok(())
     }
 
@@ -357,8 +515,36 @@ impl Server {
         }
         self.last_stats = now;
         self.stats.uptime_ms = now.duration_since(self.started).as_millis() as u64;
-        Some(self.stats)
+        Some(self.stats())
     }
+}
+
+/// An engine's assignment as the protocol sends it; θ only when the host asked for it.
+fn wire_assignment(
+    frame_id: u32,
+    assignment: &crate::engine::Assignment,
+    inference_us: u32,
+    report_stn: bool,
+) -> stdac_protocol::Assignment {
+    stdac_protocol::Assignment {
+        frame_id,
+        cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
+        distance: assignment.distance,
+        margin: assignment.margin,
+        novel: assignment.novel,
+        inference_us,
+        stn: if report_stn { assignment.theta } else { None },
+    }
+}
+
+/// `text` cut to what a message's fixed-size string holds (at a character boundary); the device log
+/// keeps the whole text.
+fn fit<const N: usize>(text: &str) -> heapless::String<N> {
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    heapless::String::try_from(&text[..end]).unwrap_or_default()
 }
 
 /// Lowercase hex of a digest, for the log.
