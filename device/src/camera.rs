@@ -274,7 +274,11 @@ impl V4l2Camera {
             }
             let error = std::io::Error::last_os_error();
             if error.kind() != std::io::ErrorKind::Interrupted {
-                return Err(SourceError::Camera { device: self.device.clone(), operation: name, source: error });
+                return Err(SourceError::Camera {
+                    device: self.device.clone(),
+                    operation: name,
+                    source: error,
+                });
             }
         }
     }
@@ -327,8 +331,12 @@ impl FrameSource for V4l2Camera {
         let mapped = &self.buffers[buffer.index as usize];
         // SAFETY: the driver filled `bytesused` bytes of this mapped buffer and will not touch it until
         // it is queued again below.
-        let filled =
-            unsafe { std::slice::from_raw_parts(mapped.pointer as *const u8, (buffer.bytesused as usize).min(mapped.length)) };
+        let filled = unsafe {
+            std::slice::from_raw_parts(
+                mapped.pointer as *const u8,
+                (buffer.bytesused as usize).min(mapped.length),
+            )
+        };
         // Rows without their padding, as the engine takes them.
         let row = self.width * self.format.bytes_per_pixel();
         let mut bytes = Vec::with_capacity(row * self.height);
@@ -387,8 +395,22 @@ mod tests {
     fn the_ioctl_numbers_match_the_kernel_headers() {
         // The values <linux/videodev2.h> gives on 64-bit x86 and ARM.
         if cfg!(target_pointer_width = "64") {
+            // Checked against the C compiler's sizeof and offsetof on x86-64.
+            assert_eq!(size_of::<Capability>(), 104);
+            assert_eq!(size_of::<PixFormat>(), 48);
+            assert_eq!(size_of::<RequestBuffers>(), 20);
             assert_eq!(size_of::<Format>(), 208);
             assert_eq!(size_of::<Buffer>(), 88);
+            assert_eq!(
+                (
+                    std::mem::offset_of!(Buffer, timecode),
+                    std::mem::offset_of!(Buffer, m_offset),
+                    std::mem::offset_of!(Buffer, length)
+                ),
+                (40, 64, 72)
+            );
+            assert_eq!(VIDIOC_QUERYBUF, 0xc058_5609);
+            assert_eq!(VIDIOC_STREAMOFF, 0x4004_5613);
             assert_eq!(VIDIOC_QUERYCAP, 0x8068_5600);
             assert_eq!(VIDIOC_S_FMT, 0xc0d0_5605);
             assert_eq!(VIDIOC_REQBUFS, 0xc014_5608);
@@ -400,7 +422,8 @@ mod tests {
 
     #[test]
     fn a_missing_camera_is_an_error_naming_the_device_and_the_call() {
-        let error = V4l2Camera::open(Path::new("/dev/stdac-no-such-video"), 320, 240).err().unwrap().to_string();
+        let error =
+            V4l2Camera::open(Path::new("/dev/stdac-no-such-video"), 320, 240).err().unwrap().to_string();
         assert!(error.contains("/dev/stdac-no-such-video") && error.contains("open"), "{error}");
     }
 }

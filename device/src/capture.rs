@@ -138,6 +138,12 @@ impl Capture {
         state.streaming && !state.ended
     }
 
+    /// Work for the server: a stream producing frames, or frames or events waiting to be taken.
+    pub fn has_work(&self) -> bool {
+        let state = self.shared.lock();
+        (state.streaming && !state.ended) || !state.frames.is_empty() || !state.events.is_empty()
+    }
+
     /// The oldest queued frame, waiting up to `wait` for one; `None` when none came.
     pub fn next_frame(&self, wait: Duration) -> Option<CapturedFrame> {
         let state = self.shared.lock();
@@ -149,9 +155,16 @@ impl Capture {
         state.frames.pop()
     }
 
-    /// The oldest event not yet taken.
+    /// The oldest event not yet taken. A failure comes at once, even while frames wait (a busy stream
+    /// must not hide it); the source's end only once the frames before it have been taken.
     pub fn next_event(&self) -> Option<CaptureEvent> {
-        self.shared.lock().events.pop()
+        let mut state = self.shared.lock();
+        if state.frames.is_empty() {
+            return state.events.pop();
+        }
+        // Failures only; an end waits for the queue to empty. Events keep their order otherwise.
+        let failure = state.events.iter().position(|event| matches!(event, CaptureEvent::Failed(_)))?;
+        state.events.remove(failure)
     }
 
     pub fn counts(&self) -> CaptureCounts {
@@ -181,13 +194,18 @@ impl Drop for Capture {
     }
 }
 
+/// A stream is on, its source has frames left and was started for this stream: read the next frame.
+fn source_is_due(state: &State, running: Option<u64>) -> bool {
+    state.streaming && !state.ended && running == Some(state.generation)
+}
+
 fn capture_loop(mut source: Box<dyn FrameSource>, shared: &Shared) {
     // The generation the source was started for; `None` while it is stopped.
     let mut running: Option<u64> = None;
     loop {
         let generation = {
             let mut state = shared.lock();
-            while !state.shutdown && !(state.streaming && !state.ended && running == Some(state.generation)) {
+            while !state.shutdown && !source_is_due(&state, running) {
                 if running.is_some_and(|g| g != state.generation) {
                     // The stream stopped or restarted: let the source know before anything else.
                     drop(state);
@@ -270,8 +288,11 @@ mod tests {
                 return Ok(None);
             }
             self.given += 1;
-            if self.fail_every > 0 && self.given % self.fail_every == 0 {
-                return Err(SourceError::CameraSetup { device: "counter".into(), detail: "bad frame".into() });
+            if self.fail_every > 0 && self.given.is_multiple_of(self.fail_every) {
+                return Err(SourceError::CameraSetup {
+                    device: "counter".into(),
+                    detail: "bad frame".into(),
+                });
             }
             Ok(Some(Frame { width: 1, height: 1, format: PixelFormat::Grey8, bytes: vec![self.given as u8] }))
         }
@@ -304,13 +325,14 @@ mod tests {
         while capture.is_producing() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(capture.next_event(), Some(CaptureEvent::Ended));
+        assert_eq!(capture.next_event(), None, "the end waits for the frames before it");
         let counts = capture.counts();
         assert_eq!((counts.captured, counts.dropped), (50, 47));
         assert_eq!(capture.queue_capacity_and_high_water(), (3, 3));
         let numbers: Vec<u32> =
             std::iter::from_fn(|| capture.next_frame(Duration::ZERO)).map(|f| f.number).collect();
         assert_eq!(numbers, [47, 48, 49], "the newest frames, oldest first");
+        assert_eq!(capture.next_event(), Some(CaptureEvent::Ended));
         assert!(capture.is_streaming() && !capture.is_producing());
 
         assert_eq!(capture.stop(), 0);
@@ -327,12 +349,13 @@ mod tests {
         while capture.is_producing() {
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Failures come at once, while frames still wait; the end only after them.
         let events: Vec<_> = std::iter::from_fn(|| capture.next_event()).collect();
-        assert_eq!(events.len(), 4, "{events:?}");
-        assert!(events[..3].iter().all(|e| matches!(e, CaptureEvent::Failed(d) if d.contains("counter"))));
-        assert_eq!(events[3], CaptureEvent::Ended);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(events.iter().all(|e| matches!(e, CaptureEvent::Failed(d) if d.contains("counter"))));
         assert_eq!(capture.queued(), 6);
         assert_eq!(capture.stop(), 6);
+        assert_eq!(capture.next_event(), Some(CaptureEvent::Ended));
         assert_eq!(capture.counts(), CaptureCounts { captured: 6, dropped: 6 });
         assert_eq!(capture.next_frame(Duration::from_millis(20)), None);
     }

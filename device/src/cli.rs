@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::capture::Capture;
 use crate::source::{FolderSource, FrameSource};
-use crate::status::{SysfsLed, StatusLed};
+use crate::status::{StatusLed, SysfsLed};
 use crate::store::ModelStore;
 use crate::{serial, Link, Server};
 
@@ -75,12 +75,18 @@ fn frame_source(args: &DeviceArgs) -> anyhow::Result<Option<Box<dyn FrameSource>
 }
 
 #[cfg(feature = "camera")]
-fn camera_source(device: &std::path::Path, (width, height): (u32, u32)) -> anyhow::Result<Option<Box<dyn FrameSource>>> {
+fn camera_source(
+    device: &std::path::Path,
+    (width, height): (u32, u32),
+) -> anyhow::Result<Option<Box<dyn FrameSource>>> {
     Ok(Some(Box::new(crate::camera::V4l2Camera::open(device, width, height)?)))
 }
 
 #[cfg(not(feature = "camera"))]
-fn camera_source(device: &std::path::Path, _size: (u32, u32)) -> anyhow::Result<Option<Box<dyn FrameSource>>> {
+fn camera_source(
+    device: &std::path::Path,
+    _size: (u32, u32),
+) -> anyhow::Result<Option<Box<dyn FrameSource>>> {
     anyhow::bail!(
         "--camera {}: this firmware was built without camera support; rebuild it with \
          `cargo build --release -p stdac-device --features camera`",

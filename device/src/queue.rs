@@ -47,6 +47,16 @@ impl<T> DropOldestQueue<T> {
         n
     }
 
+    /// The items, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
+    /// Removes the item at `index` (0 is the oldest).
+    pub fn remove(&mut self, index: usize) -> Option<T> {
+        self.items.remove(index)
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

@@ -207,11 +207,14 @@ impl Server {
     /// at most one frame, so neither starves the other; the line is read only when bytes wait on it
     /// (its read timeout would otherwise pace the stream), and the turn waits for a frame at most
     /// [`STREAM_WAIT`] instead. Each assignment is sent as soon as it is made.
-    pub fn run<T: Read + Write + ReadReady>(&mut self, link: &mut Link<T>) -> Result<(), LinkError<T::Error>> {
+    pub fn run<T: Read + Write + ReadReady>(
+        &mut self,
+        link: &mut Link<T>,
+    ) -> Result<(), LinkError<T::Error>> {
         loop {
-            let producing = self.capture.as_ref().is_some_and(Capture::is_producing);
+            let stream_work = self.capture.as_ref().is_some_and(Capture::has_work);
             let request_waiting = link.input_ready()?;
-            if !producing || request_waiting {
+            if !stream_work || request_waiting {
                 if let Some(incoming) = link.poll()? {
                     self.stats.rx_errors = link.stats().errors();
                     if let Some(reply) = self.handle(incoming) {
@@ -219,7 +222,7 @@ impl Server {
                     }
                 }
             }
-            if self.is_streaming() || self.capture.as_ref().is_some_and(|c| c.queued() > 0) {
+            if stream_work {
                 self.stream_step(if request_waiting { Duration::ZERO } else { STREAM_WAIT });
             }
             while let Some(msg) = self.take_outgoing() {
@@ -239,7 +242,9 @@ impl Server {
         let Some(capture) = &self.capture else { return false };
         if let Some(event) = capture.next_event() {
             let msg = match event {
-                CaptureEvent::Failed(detail) => DeviceMsg::Error { code: ErrorCode::Camera, detail: fit(&detail) },
+                CaptureEvent::Failed(detail) => {
+                    DeviceMsg::Error { code: ErrorCode::Camera, detail: fit(&detail) }
+                }
                 CaptureEvent::Ended => {
                     let text = format!("{}: no more frames", capture.describe());
                     DeviceMsg::Log(LogLine { level: LogLevel::Info, text: fit(&text) })
@@ -262,17 +267,26 @@ impl Server {
     fn assign_streamed(&mut self, captured: CapturedFrame) {
         let Some(engine) = &self.engine else {
             // StartStream needs a model and nothing unloads one, so this is a bug: say so and go on.
-            self.send_later(DeviceMsg::Error { code: ErrorCode::NoModel, detail: fit("a streamed frame without a model") });
+            self.send_later(DeviceMsg::Error {
+                code: ErrorCode::NoModel,
+                detail: fit("a streamed frame without a model"),
+            });
             return;
         };
         self.led.busy();
         let started = Instant::now();
-        let result = captured.frame.as_ref().map_err(EngineError::from).and_then(|frame| engine.assign_frame(frame));
+        let result =
+            captured.frame.as_ref().map_err(EngineError::from).and_then(|frame| engine.assign_frame(frame));
         let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         let msg = match result {
             Ok(assignment) => {
                 self.led.idle();
-                DeviceMsg::Assignment(wire_assignment(captured.number, &assignment, inference_us, self.options.report_stn))
+                DeviceMsg::Assignment(wire_assignment(
+                    captured.number,
+                    &assignment,
+                    inference_us,
+                    self.options.report_stn,
+                ))
             }
             Err(error) => {
                 self.led.failed();
@@ -354,12 +368,10 @@ impl Server {
             | HostMsg::FlashChunk(_)
             | HostMsg::FlashCommit
             | HostMsg::FlashAbort
-            | HostMsg::FlashRollback => {
-                match self.flash(&request.msg) {
-                    Ok(()) => DeviceMsg::Ack { seq },
-                    Err(code) => nack(code),
-                }
-            }
+            | HostMsg::FlashRollback => match self.flash(&request.msg) {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
             HostMsg::StartStream => match self.start_stream() {
                 Ok(()) => DeviceMsg::Ack { seq },
                 Err(code) => nack(code),
@@ -1010,6 +1022,348 @@ mod tests {
             let sent = send_frame(&mut server, &mut seq, 8, &pixels, 200).1;
             assert_eq!(sent.len(), 1);
             assert_eq!(assignment(&sent[0]).cluster, 1);
+        }
+
+        /// Streaming the board's own frames: a folder of real PNG pictures through the capture thread.
+        mod streaming {
+            use super::*;
+            use crate::capture::Capture;
+            use crate::source::FolderSource;
+            use crate::status::StatusLed;
+            use std::path::Path;
+            use std::sync::{Arc, Mutex};
+
+            /// A 28 × 28 MNIST-like picture: white strokes with soft edges on black, shape `kind`
+            /// (a bar, a ring, a seven-like corner, a bar to the right, a blob on the left).
+            fn digit_like(kind: usize) -> Vec<u8> {
+                let stroke = |distance: f32| (255.0 * (1.5 - distance).clamp(0.0, 1.0)) as u8;
+                let mut pixels = vec![0u8; 784];
+                for (i, pixel) in pixels.iter_mut().enumerate() {
+                    let (y, x) = ((i / 28) as f32, (i % 28) as f32);
+                    let distance = match kind % 5 {
+                        0 => (x - 13.5).abs().max(if (5.0..23.0).contains(&y) { 0.0 } else { 9.0 }),
+                        1 => (((x - 14.0).powi(2) + (y - 14.0).powi(2)).sqrt() - 7.0).abs(),
+                        2 => (y - 6.0).abs().min((x - (24.0 - 0.6 * y)).abs()).max((x - 14.0).abs() - 8.0),
+                        3 => (x - 20.0).abs().max((y - 14.0).abs() - 9.0),
+                        _ => ((x - 7.0).powi(2) + (y - 14.0).powi(2)).sqrt() - 3.0,
+                    };
+                    *pixel = stroke(distance.max(0.0));
+                }
+                pixels
+            }
+
+            /// Writes `count` MNIST-like PNGs (00.png, 01.png, …) into a new folder; returns it and the
+            /// pictures, in file-name order.
+            fn picture_folder(count: usize) -> (tempfile::TempDir, Vec<Vec<u8>>) {
+                let dir = tempfile::tempdir().unwrap();
+                let pictures: Vec<Vec<u8>> = (0..count).map(digit_like).collect();
+                for (i, pixels) in pictures.iter().enumerate() {
+                    image::GrayImage::from_raw(28, 28, pixels.clone())
+                        .unwrap()
+                        .save(dir.path().join(format!("{i:02}.png")))
+                        .unwrap();
+                }
+                (dir, pictures)
+            }
+
+            fn streaming_server(
+                store: &tempfile::TempDir,
+                frames: &Path,
+                looping: bool,
+                queue: usize,
+            ) -> Server {
+                let source = FolderSource::open(frames, 0, looping).unwrap();
+                let capture = Capture::spawn(Box::new(source), queue).unwrap();
+                Server::with_store(ModelStore::open(store.path()).unwrap()).with_capture(capture)
+            }
+
+            /// Serves the stream until `done` says so of what was sent (10 s at most); returns it.
+            fn stream_until(server: &mut Server, done: impl Fn(&[DeviceMsg]) -> bool) -> Vec<DeviceMsg> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut sent = Vec::new();
+                while !done(&sent) {
+                    assert!(Instant::now() < deadline, "the stream stalled after {sent:?}");
+                    server.stream_step(Duration::from_millis(50));
+                    sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+                }
+                sent
+            }
+
+            fn ended(sent: &[DeviceMsg]) -> bool {
+                sent.iter()
+                    .any(|msg| matches!(msg, DeviceMsg::Log(line) if line.text.contains("no more frames")))
+            }
+
+            #[test]
+            fn a_folder_streams_assignments_equal_to_the_engines_own() {
+                let (frames, pictures) = picture_folder(10);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), false, 16);
+                assert!(server.hello().capabilities.has(Capabilities::CAMERA));
+                let bytes = bundle("stn", 1.0, true);
+                let mut seq = 0;
+                assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+                let options = Options { report_stn: true, stats_interval_ms: 0 };
+                assert_eq!(
+                    server.handle(request(90, HostMsg::SetOptions(options))),
+                    Some(DeviceMsg::Ack { seq: 90 })
+                );
+                assert!(!server.stream_step(Duration::from_millis(50)), "nothing flows before StartStream");
+
+                assert_eq!(
+                    server.handle(request(91, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 91 })
+                );
+                assert!(server.is_streaming());
+                let sent = stream_until(&mut server, ended);
+                let engine = Engine::load(Bundle::from_bytes(&bytes, "test").unwrap(), "test").unwrap();
+                let assignments: Vec<_> =
+                    sent.iter().filter(|m| matches!(m, DeviceMsg::Assignment(_))).collect();
+                assert_eq!(assignments.len(), pictures.len(), "{sent:?}");
+                for (number, (msg, pixels)) in assignments.iter().zip(&pictures).enumerate() {
+                    let got = assignment(msg);
+                    assert_eq!(
+                        got,
+                        expected(&engine, number as u32, pixels, true),
+                        "picture {number:02}.png"
+                    );
+                    assert!(got.stn.is_some());
+                }
+                let clusters: std::collections::BTreeSet<u16> =
+                    assignments.iter().map(|msg| assignment(msg).cluster).collect();
+                assert_eq!(clusters.len(), 2, "the pictures fall in both clusters");
+
+                assert_eq!(server.handle(request(92, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 92 }));
+                assert!(!server.is_streaming());
+                let stats = server.stats();
+                assert_eq!(
+                    (stats.frames_received, stats.assignments_sent, stats.frames_dropped),
+                    (10, 10, 0)
+                );
+
+                // A new stream plays the folder again, its frame numbers going on from where they were.
+                assert_eq!(
+                    server.handle(request(93, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 93 })
+                );
+                let sent = stream_until(&mut server, ended);
+                let first = sent.iter().find_map(|m| match m {
+                    DeviceMsg::Assignment(a) => Some(a.clone()),
+                    _ => None,
+                });
+                let first = first.expect("the second stream assigns frames");
+                assert_eq!(first.frame_id, 10);
+                assert_eq!(first.cluster, expected(&engine, 10, &pictures[0], true).cluster);
+            }
+
+            #[test]
+            fn streaming_needs_a_source_and_a_model() {
+                let mut plain = Server::new();
+                assert!(!plain.hello().capabilities.has(Capabilities::CAMERA));
+                for (seq, msg) in [(1, HostMsg::StartStream), (2, HostMsg::StopStream)] {
+                    assert_eq!(
+                        plain.handle(request(seq, msg)),
+                        Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::Unsupported })
+                    );
+                }
+
+                let (frames, _) = picture_folder(2);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), true, 4);
+                assert!(server.hello().capabilities.has(Capabilities::CAMERA | Capabilities::FLASH));
+                assert_eq!(
+                    server.handle(request(3, HostMsg::StartStream)),
+                    Some(DeviceMsg::Nack { seq: Some(3), code: ErrorCode::NoModel })
+                );
+                assert!(!server.is_streaming());
+                assert_eq!(server.handle(request(4, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 4 }));
+                assert!(!server.stream_step(Duration::from_millis(50)));
+                assert_eq!(server.stats().frames_received, 0);
+            }
+
+            #[test]
+            fn a_source_faster_than_the_server_loses_its_oldest_frames_never_memory() {
+                let (frames, pictures) = picture_folder(5);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), true, 2);
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                assert_eq!(
+                    server.handle(request(50, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 50 })
+                );
+                // A slow consumer: one frame every 20 ms while the folder decodes far faster.
+                let mut sent = Vec::new();
+                for _ in 0..15 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    assert!(server.capture().unwrap().queued() <= 2);
+                    server.stream_step(Duration::from_millis(50));
+                    sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+                }
+                assert_eq!(server.handle(request(51, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 51 }));
+                sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+
+                let ids: Vec<u32> = sent.iter().map(|msg| assignment(msg).frame_id).collect();
+                assert_eq!(ids.len(), 15, "{sent:?}");
+                assert!(
+                    ids.windows(2).all(|pair| pair[0] < pair[1]),
+                    "oldest first, never repeated: {ids:?}"
+                );
+                assert!(
+                    ids.windows(2).any(|pair| pair[1] - pair[0] > 1),
+                    "frames were dropped between: {ids:?}"
+                );
+                let engine =
+                    Engine::load(Bundle::from_bytes(&bundle("m", 1.0, false), "test").unwrap(), "test")
+                        .unwrap();
+                for msg in &sent {
+                    let got = assignment(msg);
+                    let pixels = &pictures[got.frame_id as usize % pictures.len()];
+                    assert_eq!(got, expected(&engine, got.frame_id, pixels, false));
+                }
+                let (capacity, high_water) = server.capture().unwrap().queue_capacity_and_high_water();
+                assert_eq!(
+                    (capacity, high_water),
+                    (2, 2),
+                    "the queue filled and never went past its capacity"
+                );
+                let stats = server.stats();
+                assert!(stats.frames_dropped > 0, "{stats:?}");
+                assert_eq!(stats.assignments_sent, 15);
+                assert_eq!(
+                    stats.frames_received,
+                    stats.assignments_sent + stats.frames_dropped,
+                    "after a stop every frame received was assigned or dropped: {stats:?}"
+                );
+            }
+
+            #[test]
+            fn a_picture_that_does_not_decode_is_reported_and_the_stream_goes_on() {
+                let (frames, pictures) = picture_folder(2);
+                std::fs::write(frames.path().join("01b.png"), b"\x89PNG cut short").unwrap();
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), false, 8);
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                server.handle(request(60, HostMsg::StartStream));
+                let sent = stream_until(&mut server, ended);
+                let errors: Vec<_> = sent
+                    .iter()
+                    .filter_map(|msg| match msg {
+                        DeviceMsg::Error { code: ErrorCode::Camera, detail } => Some(detail.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(errors.len(), 1, "{sent:?}");
+                assert!(errors[0].contains("01b.png"), "the error names the picture: {}", errors[0]);
+                let assigned = sent.iter().filter(|m| matches!(m, DeviceMsg::Assignment(_))).count();
+                assert_eq!(assigned, pictures.len(), "both good pictures are assigned");
+            }
+
+            #[test]
+            fn the_outbox_keeps_the_newest_messages_and_counts_the_assignments_it_drops() {
+                let store = tempfile::tempdir().unwrap();
+                let mut server = Server::with_store(ModelStore::open(store.path()).unwrap());
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                let pixels = picture(0, 255);
+                let extra = 5;
+                for id in 0..(OUTBOX_CAPACITY + extra) as u32 {
+                    seq += 1;
+                    let msg = HostMsg::Frame(FrameChunk {
+                        frame_id: id,
+                        width: 28,
+                        height: 28,
+                        format: PixelFormat::Gray8,
+                        offset: 0,
+                        data: heapless::Vec::from_slice(&pixels).unwrap(),
+                    });
+                    assert_eq!(server.handle(request(seq, msg)), Some(DeviceMsg::Ack { seq }));
+                }
+                let sent: Vec<u32> = std::iter::from_fn(|| server.take_outgoing())
+                    .map(|msg| assignment(&msg).frame_id)
+                    .collect();
+                let newest: Vec<u32> = (extra as u32..(OUTBOX_CAPACITY + extra) as u32).collect();
+                assert_eq!(sent, newest);
+                let stats = server.stats();
+                assert_eq!(
+                    (stats.assignments_sent, stats.frames_dropped),
+                    (OUTBOX_CAPACITY as u32, extra as u32)
+                );
+            }
+
+            /// An output pin that records every level it is set to.
+            #[derive(Clone, Default)]
+            struct RecordingPin(Arc<Mutex<Vec<bool>>>);
+
+            impl embedded_hal::digital::ErrorType for RecordingPin {
+                type Error = core::convert::Infallible;
+            }
+
+            impl embedded_hal::digital::OutputPin for RecordingPin {
+                fn set_low(&mut self) -> Result<(), Self::Error> {
+                    self.0.lock().unwrap().push(false);
+                    Ok(())
+                }
+
+                fn set_high(&mut self) -> Result<(), Self::Error> {
+                    self.0.lock().unwrap().push(true);
+                    Ok(())
+                }
+            }
+
+            impl RecordingPin {
+                fn take(&self) -> Vec<bool> {
+                    std::mem::take(&mut self.0.lock().unwrap())
+                }
+            }
+
+            #[test]
+            fn the_status_led_lights_while_a_frame_is_assigned_or_a_chunk_written() {
+                let (frames, _) = picture_folder(1);
+                let store = tempfile::tempdir().unwrap();
+                let pin = RecordingPin::default();
+                let mut server =
+                    streaming_server(&store, frames.path(), false, 4).with_led(StatusLed::new(pin.clone()));
+                assert_eq!(pin.take(), [false], "off to begin with");
+
+                let mut seq = 0;
+                let bytes = bundle("m", 1.0, false);
+                assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+                let chunks = bytes.len().div_ceil(MAX_CHUNK);
+                assert_eq!(pin.take(), [true, false].repeat(chunks), "lit during each chunk's write");
+
+                // A host's frame in two chunks: lit only while its last chunk's frame is assigned.
+                let sent = send_frame(&mut server, &mut seq, 4, &picture(255, 0), 400).1;
+                assert_eq!(sent.len(), 1);
+                assert_eq!(pin.take(), [true, false]);
+
+                // A streamed frame: the same.
+                server.handle(request(70, HostMsg::StartStream));
+                let sent = stream_until(&mut server, |sent| !sent.is_empty());
+                assert!(matches!(sent[0], DeviceMsg::Assignment(_)), "{sent:?}");
+                assert_eq!(pin.take(), [true, false]);
+
+                // A failed flash commit leaves the LED dark.
+                let begin =
+                    FlashBegin { size: 10, sha256: [0; 32], bundle_version: crate::bundle::FORMAT_VERSION };
+                server.handle(request(71, HostMsg::FlashBegin(begin)));
+                server.handle(request(72, HostMsg::FlashCommit));
+                let levels = pin.take();
+                assert!(
+                    !levels.is_empty() && levels.iter().all(|&lit| !lit),
+                    "a failure turns it off: {levels:?}"
+                );
+            }
         }
     }
 }
