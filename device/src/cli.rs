@@ -157,6 +157,8 @@ mod tests {
 
     #[test]
     fn the_stream_flags_have_their_defaults_and_sizes_are_checked() {
+        // clap checks its own definitions only in debug builds; these tests run in release.
+        <Cli as clap::CommandFactory>::command().debug_assert();
         let cli = Cli::try_parse_from(["stdac-device", "--port", "/dev/null"]).unwrap();
         let args = cli.device;
         assert_eq!((args.fps, args.looping, args.camera_size, args.queue), (10, false, (320, 240), 4));

@@ -1,6 +1,7 @@
 //! Where the board's own frames come from when the host asks it to stream (`StartStream`): a camera
-//! ([`crate::camera`], feature `camera`) or a folder of pictures played as if a camera saw them
-//! ([`FolderSource`]), which lets a board without a camera, a test or a demo stream real frames.
+//! (`camera::V4l2Camera`, with the cargo feature `camera`) or a folder of pictures played as if a
+//! camera saw them ([`FolderSource`]), which lets a board without a camera, a test or a demo stream
+//! real frames.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
