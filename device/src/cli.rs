@@ -51,7 +51,12 @@ pub struct DeviceArgs {
     pub led: Option<PathBuf>,
     /// Frames the capture queue holds while the model is busy; when it is full the oldest is dropped
     /// (and counted in the stats), so a slow model costs frames, never memory or latency.
-    #[arg(long = "queue", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..), env = "STDAC_DEVICE_QUEUE")]
+    #[arg(
+        long = "queue",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..),
+        env = "STDAC_DEVICE_QUEUE"
+    )]
     pub queue: u16,
 }
 
