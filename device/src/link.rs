@@ -1,7 +1,7 @@
 //! The device's end of the serial line, over any embedded-io byte stream: a UART driver, a Linux tty
 //! (through `embedded_io_adapters::std::FromStd`) or an in-memory pipe in tests.
 
-use embedded_io::{Error as _, ErrorKind, Read, Write};
+use embedded_io::{Error as _, ErrorKind, Read, ReadReady, Write};
 use stdac_protocol::{Decoder, DeviceMsg, FrameError, FrameStats, Request, TooLarge};
 
 /// Why the link stopped.
@@ -80,5 +80,17 @@ impl<T: Read + Write> Link<T> {
 
     pub fn io_mut(&mut self) -> &mut T {
         &mut self.io
+    }
+}
+
+impl<T: Read + Write + ReadReady> Link<T> {
+    /// Whether [`Link::poll`] would return without waiting: bytes already read but not yet decoded, or
+    /// bytes waiting in the transport. A streaming server polls only then, so the line's read timeout
+    /// never stalls the stream.
+    pub fn input_ready(&mut self) -> Result<bool, LinkError<T::Error>> {
+        if self.rx_start < self.rx_end {
+            return Ok(true);
+        }
+        self.io.read_ready().map_err(LinkError::Io)
     }
 }

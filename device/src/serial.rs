@@ -1,4 +1,6 @@
-//! A Linux serial port (a UART's tty, a USB gadget, a pseudo-terminal) as an embedded-io byte stream.
+//! A Linux serial port (a UART's tty, a USB gadget, a pseudo-terminal) as an embedded-io byte stream
+//! that also says whether bytes are waiting ([`ReadReady`]), so a streaming server reads only then
+//! instead of blocking for [`READ_TIMEOUT`] between frames.
 //!
 //! Opened with `serialport`, which sets the speed with the `termios2` ioctls. Where those do not exist
 //! (qemu-user, which CI runs the aarch64 build under, answers them ENOSYS), the tty is opened again with
@@ -11,16 +13,28 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use anyhow::Context;
+use embedded_io::{ErrorType, ReadReady};
 use embedded_io_adapters::std::FromStd;
+use serialport::SerialPort;
 
 /// How long a read waits for bytes before the server gets to do its periodic work.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// A byte stream in both directions that std can read and write.
-pub trait Port: Read + Write + Send {}
-impl<T: Read + Write + Send> Port for T {}
+/// A tty std can read and write, that can tell how many bytes wait to be read.
+pub trait Port: Read + Write + Send {
+    fn bytes_waiting(&self) -> io::Result<u32>;
+}
 
-pub type SerialStream = FromStd<Box<dyn Port>>;
+impl Port for Box<dyn SerialPort> {
+    fn bytes_waiting(&self) -> io::Result<u32> {
+        self.bytes_to_read().map_err(io::Error::from)
+    }
+}
+
+/// An open serial port.
+pub struct SerialStream {
+    port: FromStd<Box<dyn Port>>,
+}
 
 /// Opens `path` raw at `baud`, exclusively (a second opener fails instead of stealing bytes), leaving
 /// the modem lines as they are.
@@ -35,7 +49,37 @@ pub fn open(path: &str, baud: u32) -> anyhow::Result<SerialStream> {
         ),
         Err(error) => return Err(error).with_context(|| format!("cannot open serial port {path}")),
     };
-    Ok(FromStd::new(port))
+    Ok(SerialStream { port: FromStd::new(port) })
+}
+
+impl ErrorType for SerialStream {
+    type Error = io::Error;
+}
+
+impl embedded_io::Read for SerialStream {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        embedded_io::Read::read(&mut self.port, buf)
+    }
+}
+
+impl embedded_io::Write for SerialStream {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        embedded_io::Write::write(&mut self.port, buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        embedded_io::Write::write_all(&mut self.port, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        embedded_io::Write::flush(&mut self.port)
+    }
+}
+
+impl ReadReady for SerialStream {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        Ok(self.port.inner().bytes_waiting()? > 0)
+    }
 }
 
 fn is_unimplemented(error: &serialport::Error) -> bool {
@@ -91,6 +135,17 @@ fn standard_speed(baud: u32) -> Option<libc::speed_t> {
     })
 }
 
+impl Port for PlainTty {
+    fn bytes_waiting(&self) -> io::Result<u32> {
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FIONREAD, &mut waiting) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(waiting.max(0) as u32)
+    }
+}
+
 impl Read for PlainTty {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut poll = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -128,10 +183,13 @@ mod tests {
         let mut buf = [0u8; 16];
         let e = tty.read(&mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(tty.bytes_waiting().unwrap(), 0);
 
         // Bytes a cooked tty would change: CR, a ^C, a ^D, a zero.
         let bytes = [b'\r', 0x03, 0x04, 0, b'\n', 0xFF];
         master.write_all(&bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(tty.bytes_waiting().unwrap(), bytes.len() as u32);
         let mut got = Vec::new();
         while got.len() < bytes.len() {
             let n = tty.read(&mut buf).unwrap();

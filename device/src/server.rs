@@ -1,18 +1,22 @@
 //! The device's side of the protocol: answers each request, reports damaged frames so the host resends,
-//! and sends periodic stats. Transport-agnostic: it only sees a [`Link`].
+//! streams the assignments of its own frames (a camera, a folder) between `StartStream` and
+//! `StopStream`, and sends periodic stats. Transport-agnostic: it only sees a [`Link`].
 
 use std::time::{Duration, Instant};
 
-use embedded_io::{Read, Write};
+use embedded_io::{Read, ReadReady, Write};
 use stdac_protocol::{
-    Capabilities, DeviceHello, DeviceMsg, ErrorCode, FrameError, HostMsg, ModelInfo, Options, Request, Stats,
-    MAX_FRAME, PROTOCOL_VERSION,
+    Capabilities, DeviceHello, DeviceMsg, ErrorCode, FrameError, HostMsg, LogLevel, LogLine, ModelInfo,
+    Options, Request, Stats, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::bundle;
-use crate::engine::Engine;
+use crate::capture::{Capture, CaptureEvent, CapturedFrame};
+use crate::engine::{Engine, EngineError};
 use crate::link::{Incoming, Link, LinkError};
 use crate::preprocess::{self, FrameRef};
+use crate::queue::DropOldestQueue;
+use crate::status::{Indicator, NoLed, StatusLed};
 use crate::store::ModelStore;
 
 /// The largest frame the device assembles: a 1920 × 1080 RGB picture. A larger one is refused with
@@ -21,6 +25,15 @@ pub const MAX_FRAME_BYTES: usize = 1920 * 1080 * 3;
 
 /// The firmware's version, as reported in its hello.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Messages waiting to be sent at most; beyond it the oldest is dropped (and a dropped assignment
+/// counted as a dropped frame). [`Server::run`] empties it after every step, so it fills only when the
+/// caller stops taking messages.
+pub const OUTBOX_CAPACITY: usize = 32;
+
+/// How long the streaming run loop waits for a frame before looking at the line again: the most a
+/// request waits while a stream is on.
+pub const STREAM_WAIT: Duration = Duration::from_millis(5);
 
 pub struct Server {
     capabilities: Capabilities,
@@ -41,11 +54,15 @@ pub struct Server {
     engine: Option<Engine>,
     /// The frame being assembled from its chunks.
     frame: FrameAssembly,
-    /// Messages to send after the reply (a frame's assignment).
-    outbox: Vec<DeviceMsg>,
+    /// Messages to send after the reply (assignments, stream errors), oldest first.
+    outbox: DropOldestQueue<DeviceMsg>,
     /// The last frame's assignment: sent again when that frame's chunk is resent, since the host resends
     /// when the assignment was lost on the line.
     last_assignment: Option<stdac_protocol::Assignment>,
+    /// The board's own frames (`--frames`, `--camera`); `None` on a device without a source.
+    capture: Option<Capture>,
+    /// The status LED: lit while a frame is assigned or a flash chunk written.
+    led: Box<dyn Indicator>,
 }
 
 /// A frame's chunks as they arrive; the buffer is kept from frame to frame.
@@ -82,9 +99,30 @@ impl Server {
             store: None,
             engine: None,
             frame: FrameAssembly::default(),
-            outbox: Vec::new(),
+            outbox: DropOldestQueue::new(OUTBOX_CAPACITY),
             last_assignment: None,
+            capture: None,
+            led: Box::new(StatusLed::new(NoLed)),
         }
+    }
+
+    /// The device streams frames from `capture` between `StartStream` and `StopStream`, and says so in
+    /// its hello ([`Capabilities::CAMERA`]).
+    pub fn with_capture(mut self, capture: Capture) -> Self {
+        self.capture = Some(capture);
+        self.update_capabilities();
+        self
+    }
+
+    /// The device shows its activity on `led`.
+    pub fn with_led(mut self, led: impl Indicator + 'static) -> Self {
+        self.led = Box::new(led);
+        self
+    }
+
+    /// The frame source's capture, when the device has one.
+    pub fn capture(&self) -> Option<&Capture> {
+        self.capture.as_ref()
     }
 
     /// A device that flashes into `store` and assigns frames with its active model (loaded now). A
@@ -110,18 +148,38 @@ impl Server {
         self.store.as_ref()
     }
 
-    /// The counters so far.
+    /// The counters so far, streamed frames included: every frame received is, once the stream has
+    /// stopped and the outbox is empty, either assigned, dropped or refused.
     pub fn stats(&self) -> Stats {
-        self.stats
+        let mut stats = self.stats;
+        if let Some(capture) = &self.capture {
+            let counts = capture.counts();
+            stats.frames_received = stats.frames_received.saturating_add(counts.captured);
+            stats.frames_dropped = stats.frames_dropped.saturating_add(counts.dropped);
+        }
+        stats
     }
 
-    /// The next message to send that is no reply (a frame's assignment), oldest first.
+    /// The next message to send that is no reply (an assignment, a stream's error), oldest first. An
+    /// assignment is counted as sent here, when it leaves the outbox.
     pub fn take_outgoing(&mut self) -> Option<DeviceMsg> {
-        if self.outbox.is_empty() {
-            None
-        } else {
-            Some(self.outbox.remove(0))
+        let msg = self.outbox.pop()?;
+        if matches!(msg, DeviceMsg::Assignment(_)) {
+            self.stats.assignments_sent += 1;
         }
+        Some(msg)
+    }
+
+    /// Queues a message to send after the reply; a full outbox drops its oldest.
+    fn send_later(&mut self, msg: DeviceMsg) {
+        if let Some(DeviceMsg::Assignment(_)) = self.outbox.push(msg) {
+            self.stats.frames_dropped += 1;
+        }
+    }
+
+    /// Whether a stream is on (between `StartStream` and `StopStream`).
+    pub fn is_streaming(&self) -> bool {
+        self.capture.as_ref().is_some_and(Capture::is_streaming)
     }
 
     fn update_capabilities(&mut self) {
@@ -131,6 +189,9 @@ impl Server {
         }
         if self.engine.as_ref().is_some_and(|engine| engine.manifest().outputs.iter().any(|o| o == "theta")) {
             flags |= Capabilities::STN;
+        }
+        if self.capture.is_some() {
+            flags |= Capabilities::CAMERA;
         }
         self.capabilities = Capabilities(flags);
     }
@@ -145,22 +206,122 @@ impl Server {
     }
 
     /// Serves the link until it fails (the line closed, an I/O error).
-    pub fn run<T: Read + Write>(&mut self, link: &mut Link<T>) -> Result<(), LinkError<T::Error>> {
+    ///
+    /// While a stream produces frames, each turn answers at most one waiting request and then assigns
+    /// at most one frame, so neither starves the other; the line is read only when bytes wait on it
+    /// (its read timeout would otherwise pace the stream), and the turn waits for a frame at most
+    /// [`STREAM_WAIT`] instead. Each assignment is sent as soon as it is made.
+    pub fn run<T: Read + Write + ReadReady>(
+        &mut self,
+        link: &mut Link<T>,
+    ) -> Result<(), LinkError<T::Error>> {
         loop {
-            if let Some(incoming) = link.poll()? {
-                self.stats.rx_errors = link.stats().errors();
-                if let Some(reply) = self.handle(incoming) {
-                    link.send(&reply)?;
+            let stream_work = self.capture.as_ref().is_some_and(Capture::has_work);
+            let request_waiting = link.input_ready()?;
+            if !stream_work || request_waiting {
+                if let Some(incoming) = link.poll()? {
+                    self.stats.rx_errors = link.stats().errors();
+                    if let Some(reply) = self.handle(incoming) {
+                        link.send(&reply)?;
+                    }
                 }
-                while let Some(msg) = self.take_outgoing() {
-                    link.send(&msg)?;
-                }
+            }
+            if stream_work {
+                self.stream_step(if request_waiting { Duration::ZERO } else { STREAM_WAIT });
+            }
+            while let Some(msg) = self.take_outgoing() {
+                link.send(&msg)?;
             }
             if let Some(stats) = self.stats_due(Instant::now()) {
                 self.stats.rx_errors = link.stats().errors();
                 link.send(&DeviceMsg::Stats(stats))?;
             }
         }
+    }
+
+    /// One step of the stream: tells the host of a capture event (a failed read, the source's end), or
+    /// else assigns the oldest queued frame, waiting up to `wait` for one. What it makes goes to the
+    /// outbox ([`Server::take_outgoing`]). Returns whether it did anything.
+    pub fn stream_step(&mut self, wait: Duration) -> bool {
+        let Some(capture) = &self.capture else { return false };
+        if let Some(event) = capture.next_event() {
+            let msg = match event {
+                CaptureEvent::Failed(detail) => {
+                    DeviceMsg::Error { code: ErrorCode::Camera, detail: fit(&detail) }
+                }
+                CaptureEvent::Ended => {
+                    let text = format!("{}: no more frames", capture.describe());
+                    DeviceMsg::Log(LogLine { level: LogLevel::Info, text: fit(&text) })
+                }
+            };
+            self.send_later(msg);
+            return true;
+        }
+        match capture.next_frame(wait) {
+            Some(captured) => {
+                self.assign_streamed(captured);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Assigns one frame of the stream; its assignment, or the error that stopped it, goes to the
+    /// outbox.
+    fn assign_streamed(&mut self, captured: CapturedFrame) {
+        let Some(engine) = &self.engine else {
+            // StartStream needs a model and nothing unloads one, so this is a bug: say so and go on.
+            self.send_later(DeviceMsg::Error {
+                code: ErrorCode::NoModel,
+                detail: fit("a streamed frame without a model"),
+            });
+            return;
+        };
+        self.led.busy();
+        let started = Instant::now();
+        let result =
+            captured.frame.as_ref().map_err(EngineError::from).and_then(|frame| engine.assign_frame(frame));
+        let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let msg = match result {
+            Ok(assignment) => {
+                self.led.idle();
+                DeviceMsg::Assignment(wire_assignment(
+                    captured.number,
+                    &assignment,
+                    inference_us,
+                    self.options.report_stn,
+                ))
+            }
+            Err(error) => {
+                self.led.failed();
+                eprintln!("stdac-device: streamed frame {} not assigned: {error}", captured.number);
+                let code = match error {
+                    EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                    _ => ErrorCode::Internal,
+                };
+                DeviceMsg::Error { code, detail: fit(&format!("frame {}: {error}", captured.number)) }
+            }
+        };
+        self.send_later(msg);
+    }
+
+    /// `StartStream`: frames flow from the source and their assignments follow.
+    fn start_stream(&mut self) -> Result<(), ErrorCode> {
+        let capture = self.capture.as_ref().ok_or(ErrorCode::Unsupported)?;
+        if self.engine.is_none() {
+            return Err(ErrorCode::NoModel);
+        }
+        capture.start();
+        eprintln!("stdac-device: streaming from {}", capture.describe());
+        Ok(())
+    }
+
+    /// `StopStream`: no more frames; those still queued are discarded (counted as dropped).
+    fn stop_stream(&mut self) -> Result<(), ErrorCode> {
+        let capture = self.capture.as_ref().ok_or(ErrorCode::Unsupported)?;
+        let discarded = capture.stop();
+        eprintln!("stdac-device: stream stopped ({discarded} queued frames discarded)");
+        Ok(())
     }
 
     /// The reply to one incoming request or framing error, if it gets one.
@@ -219,7 +380,14 @@ impl Server {
                 Ok(()) => DeviceMsg::Ack { seq },
                 Err(code) => nack(code),
             },
-            HostMsg::StartStream | HostMsg::StopStream => nack(ErrorCode::Unsupported),
+            HostMsg::StartStream => match self.start_stream() {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
+            HostMsg::StopStream => match self.stop_stream() {
+                Ok(()) => DeviceMsg::Ack { seq },
+                Err(code) => nack(code),
+            },
         }
     }
 
@@ -239,7 +407,14 @@ impl Server {
                 }
                 store.begin(begin.size.into(), begin.sha256)
             }
-            HostMsg::FlashChunk(chunk) => store.write_chunk(chunk.offset.into(), &chunk.data),
+            HostMsg::FlashChunk(chunk) => {
+                self.led.busy();
+                let written = store.write_chunk(chunk.offset.into(), &chunk.data);
+                if written.is_ok() {
+                    self.led.idle();
+                }
+                written
+            }
             HostMsg::FlashCommit => store.commit().map(|activated| {
                 eprintln!(
                     "stdac-device: flashed model {} (SHA-256 {}), now active",
@@ -268,6 +443,7 @@ impl Server {
             let probe = matches!(msg, HostMsg::FlashChunk(chunk) if chunk.data.is_empty());
             if !probe {
                 eprintln!("stdac-device: flash refused: {error}");
+                self.led.failed();
             }
             error.code()
         })
@@ -319,37 +495,32 @@ impl Server {
             stdac_protocol::PixelFormat::Rgb888 => preprocess::PixelFormat::Rgb8,
             stdac_protocol::PixelFormat::Yuyv => preprocess::PixelFormat::Yuyv,
         };
+        self.led.busy();
         let started = Instant::now();
         let image =
             FrameRef { format, width: chunk.width.into(), height: chunk.height.into(), bytes: &frame.bytes };
+        let led = &mut self.led;
         let assignment = engine.assign_frame(image).map_err(|error| {
+            led.failed();
             frame.header = None;
             eprintln!("stdac-device: frame {} not assigned: {error}", chunk.frame_id);
             match error {
-                crate::engine::EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                EngineError::Frame(_) => ErrorCode::FrameInvalid,
                 _ => ErrorCode::Internal,
             }
         })?;
+        led.idle();
         let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        let assignment = stdac_protocol::Assignment {
-            frame_id: chunk.frame_id,
-            cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
-            distance: assignment.distance,
-            margin: assignment.margin,
-            novel: assignment.novel,
-            inference_us,
-            stn: if self.options.report_stn { assignment.theta } else { None },
-        };
+        let assignment = wire_assignment(chunk.frame_id, &assignment, inference_us, self.options.report_stn);
         self.last_assignment = Some(assignment.clone());
-        self.outbox.push(DeviceMsg::Assignment(assignment));
-        self.stats.assignments_sent += 1;
+        self.send_later(DeviceMsg::Assignment(assignment));
         Ok(())
     }
 
     /// Queues the last assignment again if it is frame `frame_id`'s.
     fn resend_assignment(&mut self, frame_id: u32) {
-        if let Some(assignment) = self.last_assignment.as_ref().filter(|a| a.frame_id == frame_id) {
-            self.outbox.push(DeviceMsg::Assignment(assignment.clone()));
+        if let Some(assignment) = self.last_assignment.clone().filter(|a| a.frame_id == frame_id) {
+            self.send_later(DeviceMsg::Assignment(assignment));
         }
     }
 
@@ -377,8 +548,36 @@ impl Server {
         }
         self.last_stats = now;
         self.stats.uptime_ms = now.duration_since(self.started).as_millis() as u64;
-        Some(self.stats)
+        Some(self.stats())
     }
+}
+
+/// An engine's assignment as the protocol sends it; θ only when the host asked for it.
+fn wire_assignment(
+    frame_id: u32,
+    assignment: &crate::engine::Assignment,
+    inference_us: u32,
+    report_stn: bool,
+) -> stdac_protocol::Assignment {
+    stdac_protocol::Assignment {
+        frame_id,
+        cluster: u16::try_from(assignment.cluster).unwrap_or(u16::MAX),
+        distance: assignment.distance,
+        margin: assignment.margin,
+        novel: assignment.novel,
+        inference_us,
+        stn: if report_stn { assignment.theta } else { None },
+    }
+}
+
+/// `text` cut to what a message's fixed-size string holds (at a character boundary); the device log
+/// keeps the whole text.
+fn fit<const N: usize>(text: &str) -> heapless::String<N> {
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    heapless::String::try_from(&text[..end]).unwrap_or_default()
 }
 
 /// Lowercase hex of a digest, for the log.
@@ -797,8 +996,8 @@ mod tests {
                 assert_eq!(assignment(&again), first);
                 assert_eq!(server.take_outgoing(), None);
             }
-            assert_eq!(server.stats().frames_received, 1);
-            assert_eq!(server.stats().assignments_sent, 1);
+            assert_eq!(server.stats().frames_received, 1, "one frame, assigned once");
+            assert_eq!(server.stats().assignments_sent, 3, "its assignment sent three times");
         }
 
         #[test]
@@ -877,6 +1076,348 @@ mod tests {
             let sent = send_frame(&mut server, &mut seq, 8, &pixels, 200).1;
             assert_eq!(sent.len(), 1);
             assert_eq!(assignment(&sent[0]).cluster, 1);
+        }
+
+        /// Streaming the board's own frames: a folder of real PNG pictures through the capture thread.
+        mod streaming {
+            use super::*;
+            use crate::capture::Capture;
+            use crate::source::FolderSource;
+            use crate::status::StatusLed;
+            use std::path::Path;
+            use std::sync::{Arc, Mutex};
+
+            /// A 28 × 28 MNIST-like picture: white strokes with soft edges on black, shape `kind`
+            /// (a bar, a ring, a seven-like corner, a bar to the right, a blob on the left).
+            fn digit_like(kind: usize) -> Vec<u8> {
+                let stroke = |distance: f32| (255.0 * (1.5 - distance).clamp(0.0, 1.0)) as u8;
+                let mut pixels = vec![0u8; 784];
+                for (i, pixel) in pixels.iter_mut().enumerate() {
+                    let (y, x) = ((i / 28) as f32, (i % 28) as f32);
+                    let distance = match kind % 5 {
+                        0 => (x - 13.5).abs().max(if (5.0..23.0).contains(&y) { 0.0 } else { 9.0 }),
+                        1 => (((x - 14.0).powi(2) + (y - 14.0).powi(2)).sqrt() - 7.0).abs(),
+                        2 => (y - 6.0).abs().min((x - (24.0 - 0.6 * y)).abs()).max((x - 14.0).abs() - 8.0),
+                        3 => (x - 20.0).abs().max((y - 14.0).abs() - 9.0),
+                        _ => ((x - 7.0).powi(2) + (y - 14.0).powi(2)).sqrt() - 3.0,
+                    };
+                    *pixel = stroke(distance.max(0.0));
+                }
+                pixels
+            }
+
+            /// Writes `count` MNIST-like PNGs (00.png, 01.png, …) into a new folder; returns it and the
+            /// pictures, in file-name order.
+            fn picture_folder(count: usize) -> (tempfile::TempDir, Vec<Vec<u8>>) {
+                let dir = tempfile::tempdir().unwrap();
+                let pictures: Vec<Vec<u8>> = (0..count).map(digit_like).collect();
+                for (i, pixels) in pictures.iter().enumerate() {
+                    image::GrayImage::from_raw(28, 28, pixels.clone())
+                        .unwrap()
+                        .save(dir.path().join(format!("{i:02}.png")))
+                        .unwrap();
+                }
+                (dir, pictures)
+            }
+
+            fn streaming_server(
+                store: &tempfile::TempDir,
+                frames: &Path,
+                looping: bool,
+                queue: usize,
+            ) -> Server {
+                let source = FolderSource::open(frames, 0, looping).unwrap();
+                let capture = Capture::spawn(Box::new(source), queue).unwrap();
+                Server::with_store(ModelStore::open(store.path()).unwrap()).with_capture(capture)
+            }
+
+            /// Serves the stream until `done` says so of what was sent (10 s at most); returns it.
+            fn stream_until(server: &mut Server, done: impl Fn(&[DeviceMsg]) -> bool) -> Vec<DeviceMsg> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut sent = Vec::new();
+                while !done(&sent) {
+                    assert!(Instant::now() < deadline, "the stream stalled after {sent:?}");
+                    server.stream_step(Duration::from_millis(50));
+                    sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+                }
+                sent
+            }
+
+            fn ended(sent: &[DeviceMsg]) -> bool {
+                sent.iter()
+                    .any(|msg| matches!(msg, DeviceMsg::Log(line) if line.text.contains("no more frames")))
+            }
+
+            #[test]
+            fn a_folder_streams_assignments_equal_to_the_engines_own() {
+                let (frames, pictures) = picture_folder(10);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), false, 16);
+                assert!(server.hello().capabilities.has(Capabilities::CAMERA));
+                let bytes = bundle("stn", 1.0, true);
+                let mut seq = 0;
+                assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+                let options = Options { report_stn: true, stats_interval_ms: 0 };
+                assert_eq!(
+                    server.handle(request(90, HostMsg::SetOptions(options))),
+                    Some(DeviceMsg::Ack { seq: 90 })
+                );
+                assert!(!server.stream_step(Duration::from_millis(50)), "nothing flows before StartStream");
+
+                assert_eq!(
+                    server.handle(request(91, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 91 })
+                );
+                assert!(server.is_streaming());
+                let sent = stream_until(&mut server, ended);
+                let engine = Engine::load(Bundle::from_bytes(&bytes, "test").unwrap(), "test").unwrap();
+                let assignments: Vec<_> =
+                    sent.iter().filter(|m| matches!(m, DeviceMsg::Assignment(_))).collect();
+                assert_eq!(assignments.len(), pictures.len(), "{sent:?}");
+                for (number, (msg, pixels)) in assignments.iter().zip(&pictures).enumerate() {
+                    let got = assignment(msg);
+                    assert_eq!(
+                        got,
+                        expected(&engine, number as u32, pixels, true),
+                        "picture {number:02}.png"
+                    );
+                    assert!(got.stn.is_some());
+                }
+                let clusters: std::collections::BTreeSet<u16> =
+                    assignments.iter().map(|msg| assignment(msg).cluster).collect();
+                assert_eq!(clusters.len(), 2, "the pictures fall in both clusters");
+
+                assert_eq!(server.handle(request(92, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 92 }));
+                assert!(!server.is_streaming());
+                let stats = server.stats();
+                assert_eq!(
+                    (stats.frames_received, stats.assignments_sent, stats.frames_dropped),
+                    (10, 10, 0)
+                );
+
+                // A new stream plays the folder again, its frame numbers going on from where they were.
+                assert_eq!(
+                    server.handle(request(93, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 93 })
+                );
+                let sent = stream_until(&mut server, ended);
+                let first = sent.iter().find_map(|m| match m {
+                    DeviceMsg::Assignment(a) => Some(a.clone()),
+                    _ => None,
+                });
+                let first = first.expect("the second stream assigns frames");
+                assert_eq!(first.frame_id, 10);
+                assert_eq!(first.cluster, expected(&engine, 10, &pictures[0], true).cluster);
+            }
+
+            #[test]
+            fn streaming_needs_a_source_and_a_model() {
+                let mut plain = Server::new();
+                assert!(!plain.hello().capabilities.has(Capabilities::CAMERA));
+                for (seq, msg) in [(1, HostMsg::StartStream), (2, HostMsg::StopStream)] {
+                    assert_eq!(
+                        plain.handle(request(seq, msg)),
+                        Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::Unsupported })
+                    );
+                }
+
+                let (frames, _) = picture_folder(2);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), true, 4);
+                assert!(server.hello().capabilities.has(Capabilities::CAMERA | Capabilities::FLASH));
+                assert_eq!(
+                    server.handle(request(3, HostMsg::StartStream)),
+                    Some(DeviceMsg::Nack { seq: Some(3), code: ErrorCode::NoModel })
+                );
+                assert!(!server.is_streaming());
+                assert_eq!(server.handle(request(4, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 4 }));
+                assert!(!server.stream_step(Duration::from_millis(50)));
+                assert_eq!(server.stats().frames_received, 0);
+            }
+
+            #[test]
+            fn a_source_faster_than_the_server_loses_its_oldest_frames_never_memory() {
+                let (frames, pictures) = picture_folder(5);
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), true, 2);
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                assert_eq!(
+                    server.handle(request(50, HostMsg::StartStream)),
+                    Some(DeviceMsg::Ack { seq: 50 })
+                );
+                // A slow consumer: one frame every 20 ms while the folder decodes far faster.
+                let mut sent = Vec::new();
+                for _ in 0..15 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    assert!(server.capture().unwrap().queued() <= 2);
+                    server.stream_step(Duration::from_millis(50));
+                    sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+                }
+                assert_eq!(server.handle(request(51, HostMsg::StopStream)), Some(DeviceMsg::Ack { seq: 51 }));
+                sent.extend(std::iter::from_fn(|| server.take_outgoing()));
+
+                let ids: Vec<u32> = sent.iter().map(|msg| assignment(msg).frame_id).collect();
+                assert_eq!(ids.len(), 15, "{sent:?}");
+                assert!(
+                    ids.windows(2).all(|pair| pair[0] < pair[1]),
+                    "oldest first, never repeated: {ids:?}"
+                );
+                assert!(
+                    ids.windows(2).any(|pair| pair[1] - pair[0] > 1),
+                    "frames were dropped between: {ids:?}"
+                );
+                let engine =
+                    Engine::load(Bundle::from_bytes(&bundle("m", 1.0, false), "test").unwrap(), "test")
+                        .unwrap();
+                for msg in &sent {
+                    let got = assignment(msg);
+                    let pixels = &pictures[got.frame_id as usize % pictures.len()];
+                    assert_eq!(got, expected(&engine, got.frame_id, pixels, false));
+                }
+                let (capacity, high_water) = server.capture().unwrap().queue_capacity_and_high_water();
+                assert_eq!(
+                    (capacity, high_water),
+                    (2, 2),
+                    "the queue filled and never went past its capacity"
+                );
+                let stats = server.stats();
+                assert!(stats.frames_dropped > 0, "{stats:?}");
+                assert_eq!(stats.assignments_sent, 15);
+                assert_eq!(
+                    stats.frames_received,
+                    stats.assignments_sent + stats.frames_dropped,
+                    "after a stop every frame received was assigned or dropped: {stats:?}"
+                );
+            }
+
+            #[test]
+            fn a_picture_that_does_not_decode_is_reported_and_the_stream_goes_on() {
+                let (frames, pictures) = picture_folder(2);
+                std::fs::write(frames.path().join("01b.png"), b"\x89PNG cut short").unwrap();
+                let store = tempfile::tempdir().unwrap();
+                let mut server = streaming_server(&store, frames.path(), false, 8);
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                server.handle(request(60, HostMsg::StartStream));
+                let sent = stream_until(&mut server, ended);
+                let errors: Vec<_> = sent
+                    .iter()
+                    .filter_map(|msg| match msg {
+                        DeviceMsg::Error { code: ErrorCode::Camera, detail } => Some(detail.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(errors.len(), 1, "{sent:?}");
+                assert!(errors[0].contains("01b.png"), "the error names the picture: {}", errors[0]);
+                let assigned = sent.iter().filter(|m| matches!(m, DeviceMsg::Assignment(_))).count();
+                assert_eq!(assigned, pictures.len(), "both good pictures are assigned");
+            }
+
+            #[test]
+            fn the_outbox_keeps_the_newest_messages_and_counts_the_assignments_it_drops() {
+                let store = tempfile::tempdir().unwrap();
+                let mut server = Server::with_store(ModelStore::open(store.path()).unwrap());
+                let mut seq = 0;
+                assert_eq!(
+                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                    DeviceMsg::Ack { seq }
+                );
+                let pixels = picture(0, 255);
+                let extra = 5;
+                for id in 0..(OUTBOX_CAPACITY + extra) as u32 {
+                    seq += 1;
+                    let msg = HostMsg::Frame(FrameChunk {
+                        frame_id: id,
+                        width: 28,
+                        height: 28,
+                        format: PixelFormat::Gray8,
+                        offset: 0,
+                        data: heapless::Vec::from_slice(&pixels).unwrap(),
+                    });
+                    assert_eq!(server.handle(request(seq, msg)), Some(DeviceMsg::Ack { seq }));
+                }
+                let sent: Vec<u32> = std::iter::from_fn(|| server.take_outgoing())
+                    .map(|msg| assignment(&msg).frame_id)
+                    .collect();
+                let newest: Vec<u32> = (extra as u32..(OUTBOX_CAPACITY + extra) as u32).collect();
+                assert_eq!(sent, newest);
+                let stats = server.stats();
+                assert_eq!(
+                    (stats.assignments_sent, stats.frames_dropped),
+                    (OUTBOX_CAPACITY as u32, extra as u32)
+                );
+            }
+
+            /// An output pin that records every level it is set to.
+            #[derive(Clone, Default)]
+            struct RecordingPin(Arc<Mutex<Vec<bool>>>);
+
+            impl embedded_hal::digital::ErrorType for RecordingPin {
+                type Error = core::convert::Infallible;
+            }
+
+            impl embedded_hal::digital::OutputPin for RecordingPin {
+                fn set_low(&mut self) -> Result<(), Self::Error> {
+                    self.0.lock().unwrap().push(false);
+                    Ok(())
+                }
+
+                fn set_high(&mut self) -> Result<(), Self::Error> {
+                    self.0.lock().unwrap().push(true);
+                    Ok(())
+                }
+            }
+
+            impl RecordingPin {
+                fn take(&self) -> Vec<bool> {
+                    std::mem::take(&mut self.0.lock().unwrap())
+                }
+            }
+
+            #[test]
+            fn the_status_led_lights_while_a_frame_is_assigned_or_a_chunk_written() {
+                let (frames, _) = picture_folder(1);
+                let store = tempfile::tempdir().unwrap();
+                let pin = RecordingPin::default();
+                let mut server =
+                    streaming_server(&store, frames.path(), false, 4).with_led(StatusLed::new(pin.clone()));
+                assert_eq!(pin.take(), [false], "off to begin with");
+
+                let mut seq = 0;
+                let bytes = bundle("m", 1.0, false);
+                assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+                let chunks = bytes.len().div_ceil(MAX_CHUNK);
+                assert_eq!(pin.take(), [true, false].repeat(chunks), "lit during each chunk's write");
+
+                // A host's frame in two chunks: lit only while its last chunk's frame is assigned.
+                let sent = send_frame(&mut server, &mut seq, 4, &picture(255, 0), 400).1;
+                assert_eq!(sent.len(), 1);
+                assert_eq!(pin.take(), [true, false]);
+
+                // A streamed frame: the same.
+                server.handle(request(70, HostMsg::StartStream));
+                let sent = stream_until(&mut server, |sent| !sent.is_empty());
+                assert!(matches!(sent[0], DeviceMsg::Assignment(_)), "{sent:?}");
+                assert_eq!(pin.take(), [true, false]);
+
+                // A failed flash commit leaves the LED dark.
+                let begin =
+                    FlashBegin { size: 10, sha256: [0; 32], bundle_version: crate::bundle::FORMAT_VERSION };
+                server.handle(request(71, HostMsg::FlashBegin(begin)));
+                server.handle(request(72, HostMsg::FlashCommit));
+                let levels = pin.take();
+                assert!(
+                    !levels.is_empty() && levels.iter().all(|&lit| !lit),
+                    "a failure turns it off: {levels:?}"
+                );
+            }
         }
     }
 }

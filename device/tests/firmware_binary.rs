@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serialport::{SerialPort, TTYPort};
 use stdac_protocol::{
-    Capabilities, Decoder, DeviceHello, DeviceMsg, ErrorCode, FlashBegin, FlashChunk, FrameChunk,
+    Assignment, Capabilities, Decoder, DeviceHello, DeviceMsg, ErrorCode, FlashBegin, FlashChunk, FrameChunk,
     FrameEncoder, HostHello, HostMsg, PixelFormat, Request, MAX_CHUNK, PROTOCOL_VERSION,
 };
 
@@ -60,6 +60,45 @@ impl Firmware {
     fn send(&mut self, seq: u16, msg: HostMsg) {
         let wire = self.encoder.encode(&Request { seq, msg }).unwrap();
         self.line.write_all(wire).unwrap();
+    }
+
+    /// Flashes `bundle` (seq from 1), each request acked; returns the last seq used.
+    fn flash(&mut self, bundle: &[u8]) -> u16 {
+        use sha2::Digest;
+        let sha256: [u8; 32] = sha2::Sha256::digest(bundle).into();
+        let begin = FlashBegin {
+            size: bundle.len() as u32,
+            sha256,
+            bundle_version: stdac_device::bundle::FORMAT_VERSION,
+        };
+        self.send(1, HostMsg::FlashBegin(begin));
+        assert_eq!(self.reply(), DeviceMsg::Ack { seq: 1 });
+        let mut seq = 1;
+        for (i, piece) in bundle.chunks(MAX_CHUNK).enumerate() {
+            seq += 1;
+            let data = heapless::Vec::from_slice(piece).unwrap();
+            self.send(seq, HostMsg::FlashChunk(FlashChunk { offset: (i * MAX_CHUNK) as u32, data }));
+            assert_eq!(self.reply(), DeviceMsg::Ack { seq });
+        }
+        seq += 1;
+        self.send(seq, HostMsg::FlashCommit);
+        assert_eq!(self.reply(), DeviceMsg::Ack { seq });
+        seq
+    }
+
+    /// Reads messages until the reply to `seq`, returning it and the assignments streamed before it.
+    fn reply_amid_stream(&mut self, seq: u16) -> (DeviceMsg, Vec<Assignment>) {
+        let mut streamed = Vec::new();
+        loop {
+            match self.reply() {
+                DeviceMsg::Assignment(assignment) => streamed.push(assignment),
+                DeviceMsg::Ack { seq: s } | DeviceMsg::Nack { seq: Some(s), .. } if s != seq => {
+                    panic!("a reply to {s} while waiting for {seq}")
+                }
+                reply @ (DeviceMsg::Ack { .. } | DeviceMsg::Nack { .. }) => return (reply, streamed),
+                other => panic!("unexpected while streaming: {other:?}"),
+            }
+        }
     }
 
     fn reply(&mut self) -> DeviceMsg {
@@ -170,20 +209,7 @@ fn the_firmware_flashes_into_its_store_assigns_frames_and_keeps_the_model_across
 
     let bytes = bundle();
     let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
-    let begin =
-        FlashBegin { size: bytes.len() as u32, sha256, bundle_version: stdac_device::bundle::FORMAT_VERSION };
-    firmware.send(1, HostMsg::FlashBegin(begin));
-    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq: 1 });
-    let mut seq = 1;
-    for (i, piece) in bytes.chunks(MAX_CHUNK).enumerate() {
-        seq += 1;
-        let data = heapless::Vec::from_slice(piece).unwrap();
-        firmware.send(seq, HostMsg::FlashChunk(FlashChunk { offset: (i * MAX_CHUNK) as u32, data }));
-        assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
-    }
-    seq += 1;
-    firmware.send(seq, HostMsg::FlashCommit);
-    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+    let mut seq = firmware.flash(&bytes);
 
     // A right-bright picture in two chunks: an ack each, then its assignment.
     let pixels: Vec<u8> = (0..784).map(|i| if i % 28 < 14 { 0 } else { 255 }).collect();
@@ -209,4 +235,59 @@ fn the_firmware_flashes_into_its_store_assigns_frames_and_keeps_the_model_across
     let (_firmware, hello) = Firmware::start_with(&["--store", store_arg]);
     let model = hello.model.expect("the store keeps the model across a restart");
     assert_eq!((model.id.as_str(), model.sha256), ("halves", sha256));
+}
+
+#[test]
+fn the_firmware_streams_a_folder_of_pictures_and_keeps_answering_while_it_does() {
+    // Six PNGs: even ones bright on the left (cluster 0), odd ones on the right (cluster 1).
+    let frames = tempfile::tempdir().unwrap();
+    for i in 0..6u32 {
+        let picture = image::GrayImage::from_fn(28, 28, |x, _| {
+            image::Luma([if (x < 14) == (i % 2 == 0) { 230 } else { 10 }])
+        });
+        picture.save(frames.path().join(format!("digit-{i}.png"))).unwrap();
+    }
+    let store = tempfile::tempdir().unwrap();
+    let args = ["--store", store.path().to_str().unwrap(), "--frames", frames.path().to_str().unwrap()];
+    let (mut firmware, hello) =
+        Firmware::start_with(&[&args[..], &["--fps", "0", "--loop", "--queue", "3"]].concat());
+    assert!(hello.capabilities.has(Capabilities::CAMERA | Capabilities::FLASH));
+    firmware.send(1, HostMsg::StartStream);
+    assert_eq!(firmware.reply(), DeviceMsg::Nack { seq: Some(1), code: ErrorCode::NoModel });
+
+    let mut seq = firmware.flash(&bundle()) + 1;
+    firmware.send(seq, HostMsg::StartStream);
+    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+    let mut streamed = Vec::new();
+    while streamed.len() < 30 {
+        let DeviceMsg::Assignment(assignment) = firmware.reply() else {
+            panic!("only assignments while streaming")
+        };
+        streamed.push(assignment);
+    }
+    // A ping amid the stream is answered, the stream going on around it.
+    seq += 1;
+    firmware.send(seq, HostMsg::Ping);
+    let (reply, more) = firmware.reply_amid_stream(seq);
+    assert_eq!(reply, DeviceMsg::Ack { seq });
+    streamed.extend(more);
+
+    seq += 1;
+    firmware.send(seq, HostMsg::StopStream);
+    let (reply, more) = firmware.reply_amid_stream(seq);
+    assert_eq!(reply, DeviceMsg::Ack { seq });
+    streamed.extend(more);
+    // Stopped: the next message is the ping's reply, no assignment before it.
+    seq += 1;
+    firmware.send(seq, HostMsg::Ping);
+    assert_eq!(firmware.reply(), DeviceMsg::Ack { seq });
+
+    assert!(streamed.windows(2).all(|pair| pair[0].frame_id < pair[1].frame_id), "in capture order");
+    for assignment in &streamed {
+        // Frame numbers run through the folder in name order, round and round.
+        let expected_cluster = (assignment.frame_id % 2) as u16;
+        assert_eq!(assignment.cluster, expected_cluster, "{assignment:?}");
+        assert!(assignment.distance < 0.2, "{assignment:?}");
+    }
+    assert!(firmware.child.try_wait().unwrap().is_none(), "still running");
 }

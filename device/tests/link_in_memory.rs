@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use embedded_io::{ErrorKind, ErrorType, Read, Write};
+use embedded_io::{ErrorKind, ErrorType, Read, ReadReady, Write};
 use stdac_device::{Link, LinkError, Server};
 use stdac_protocol::{Decoder, DeviceMsg, ErrorCode, FrameEncoder, HostMsg, Request};
 
@@ -25,6 +25,12 @@ impl Read for MemoryLine {
             *slot = self.input.pop_front().unwrap();
         }
         Ok(n) // 0 once drained: end of stream
+    }
+}
+
+impl ReadReady for MemoryLine {
+    fn read_ready(&mut self) -> Result<bool, ErrorKind> {
+        Ok(true) // a read never waits: it returns bytes or the end of stream at once
     }
 }
 

@@ -138,9 +138,11 @@ pub fn flash(
                 eprintln!("stdac: {error}; resuming the flash ({} of {})", report.resumes, options.resumes);
                 offset = begin(client, size, sha256)?;
             }
-            Err(error) => return Err(anyhow::Error::new(error).context(format!(
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
                 "flashing {origin} stopped at byte {offset} of {size}; run the same command again to resume"
-            ))),
+            )))
+            }
         }
         progress(offset.into(), size.into());
     }
