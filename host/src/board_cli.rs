@@ -27,9 +27,13 @@ pub struct FlashArgs {
     /// Instead of flashing, make the board's previous model active again.
     #[arg(long, conflicts_with_all = ["bundle", "force"])]
     rollback: bool,
-    /// After flashing, go on to show what the board's camera sees (as `stdac stream` without frames).
+    /// After flashing, go on to show what the board's camera sees (as `stdac stream` without frames),
+    /// until it has sent nothing for --idle-s seconds.
     #[arg(long)]
     monitor: bool,
+    /// With --monitor: stop after this many seconds without an assignment.
+    #[arg(long, default_value_t = 10.0, requires = "monitor")]
+    idle_s: f64,
 }
 
 #[derive(Args)]
@@ -56,7 +60,8 @@ pub struct StreamArgs {
     /// Print every assignment as it arrives (by default only the running status).
     #[arg(long)]
     each: bool,
-    /// Listening to the board's camera: stop after this many seconds without an assignment.
+    /// Listening to the board's camera: stop after this many seconds without an assignment (none at all
+    /// within that time is an error).
     #[arg(long, default_value_t = 10.0)]
     idle_s: f64,
 }
@@ -159,7 +164,8 @@ pub fn flash_cmd(args: &FlashArgs) -> anyhow::Result<()> {
     }
     println!("{}", report.to_json());
     if args.monitor {
-        listen(&mut client, None, None, true, Duration::from_secs(3600))?;
+        let tally = listen(&mut client, None, None, true, Duration::from_secs_f64(args.idle_s))?;
+        println!("{}", tally.to_json());
     }
     Ok(())
 }

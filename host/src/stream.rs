@@ -171,7 +171,8 @@ pub fn send_frame(
 }
 
 /// Listens to a board assigning its own camera's frames: starts its stream, hands each assignment to
-/// `on_assignment` until it returns false or `idle` passes without one, then stops the stream.
+/// `on_assignment` until it returns false or `idle` passes without one (the camera stopped, a folder
+/// played to its end), then stops the stream. No assignment at all within `idle` is an error.
 pub fn listen(
     client: &mut DeviceClient,
     idle: Duration,
@@ -185,10 +186,12 @@ pub fn listen(
         );
     }
     client.request(HostMsg::StartStream).context("start-stream")?;
+    let mut received = 0u64;
     let result = (|| {
         while let Some(event) = client.next_event(idle)? {
             match event {
                 DeviceMsg::Assignment(assignment) => {
+                    received += 1;
                     if !on_assignment(Received { assignment, latency: None, label: None })? {
                         return Ok(());
                     }
@@ -199,7 +202,10 @@ pub fn listen(
                 _ => {}
             }
         }
-        bail!("no assignment from the device on {port} for {idle:?}")
+        if received == 0 {
+            bail!("no assignment from the device on {port} within {idle:?} of starting its stream");
+        }
+        Ok(())
     })();
     // Stop the camera whatever happened, unless the line itself is gone.
     match client.request(HostMsg::StopStream) {
