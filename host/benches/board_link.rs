@@ -273,6 +273,18 @@ impl StreamRun {
         self.frames as f64 / self.seconds
     }
 
+    /// Median of each frame's latency less its board inference time, in ms: what the link itself (pty,
+    /// relay, both processes' I/O) adds to a frame, free of the engine's own jitter.
+    fn link_ms(&self) -> f64 {
+        let link: Vec<Duration> = self
+            .latencies
+            .iter()
+            .zip(&self.assignments)
+            .map(|(l, a)| l.saturating_sub(Duration::from_micros(a.inference_us.into())))
+            .collect();
+        quantile(&link, 0.5)
+    }
+
     fn inference_us(&self) -> f64 {
         let us: Vec<Duration> =
             self.assignments.iter().map(|a| Duration::from_micros(a.inference_us.into())).collect();
@@ -499,20 +511,21 @@ fn report(
         "\n## Frames end to end (one frame = one request of {:.0} B up, ack + assignment {:.0} B down)\n",
         unpaced.up, unpaced.down
     );
-    println!("| link | frames | frames/s | latency p50 ms | p95 ms | board inference µs (median) | peer | frames/s ÷ peer | p50 ÷ peer p50 |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| link | frames | frames/s | latency p50 ms | p95 ms | board inference µs (median) | link ms p50 (latency − inference) | peer | frames/s ÷ peer | p50 ÷ peer p50 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| engine alone, in process, 1 thread | {} | {engine_fps:.1} | {engine_p50:.2} | {engine_p95:.2} | — | — | — | — |",
+        "| engine alone, in process, 1 thread | {} | {engine_fps:.1} | {engine_p50:.2} | {engine_p95:.2} | — | — | — | — | — |",
         engine.per_frame.len()
     );
     let row = |name: &str, run: &StreamRun, peer: &str, peer_fps: f64, peer_p50: f64| {
         let p50 = quantile(&run.latencies, 0.5);
         println!(
-            "| {name} | {} | {:.1} | {p50:.2} | {:.2} | {:.0} | {peer} | {:.3} | {:.2} |",
+            "| {name} | {} | {:.1} | {p50:.2} | {:.2} | {:.0} | {:.3} | {peer} | {:.3} | {:.2} |",
             run.frames,
             run.fps(),
             quantile(&run.latencies, 0.95),
             run.inference_us(),
+            run.link_ms(),
             run.fps() / peer_fps,
             p50 / peer_p50
         );
@@ -616,6 +629,7 @@ fn report(
             "latency_ms_p50": quantile(&run.latencies, 0.5),
             "latency_ms_p95": quantile(&run.latencies, 0.95),
             "inference_us_median": run.inference_us(),
+            "link_ms_p50": run.link_ms(),
             "wire_bytes_up_per_frame": run.up,
             "wire_bytes_down_per_frame": run.down,
         });
@@ -647,6 +661,8 @@ fn report(
         "relay_unpaced": stream_json(unpaced, None),
         "relay_over_direct_fps": unpaced.fps() / direct.fps(),
         "relay_overhead_ms_p50": quantile(&unpaced.latencies, 0.5) - quantile(&direct.latencies, 0.5),
+        // The same, net of the board's inference time, which varies between the two firmware processes.
+        "relay_link_overhead_ms_p50": unpaced.link_ms() - direct.link_ms(),
         "direct_over_engine_fps": direct.fps() / engine_fps,
         "relay_unpaced_over_engine_fps": unpaced.fps() / engine_fps,
         "paced": paced_json,
