@@ -38,12 +38,14 @@ pub fn load_picture(path: &Path, size: usize) -> anyhow::Result<Vec<f32>> {
     Ok(letterbox_grey(grey.as_raw(), width as usize, height as usize, size))
 }
 
-/// The pictures of an image folder in order, each with its class (when the folder has class
-/// subfolders), and the class names.
-pub fn list_pictures(dir: &Path) -> anyhow::Result<(Vec<(PathBuf, Option<i64>)>, Vec<String>)> {
+/// Pictures in order, each with its class when the folder has class subfolders.
+pub type Pictures = Vec<(PathBuf, Option<i64>)>;
+
+/// The pictures of an image folder and the class names (none for an unlabelled folder).
+pub fn list_pictures(dir: &Path) -> anyhow::Result<(Pictures, Vec<String>)> {
     let entries = sorted_entries(dir)?;
     let classes: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-    let mut samples: Vec<(PathBuf, Option<i64>)> = Vec::new();
+    let mut samples: Pictures = Vec::new();
     if classes.is_empty() {
         samples.extend(entries.iter().filter(|p| is_picture(p)).map(|p| (p.clone(), None)));
     } else {
