@@ -47,14 +47,6 @@ impl Frame {
             bytes: &self.pixels,
         }
     }
-
-    /// Bytes the frame's chunks take on the wire, framing included (for line-rate bounds).
-    pub fn wire_bytes(&self) -> usize {
-        let chunks = self.pixels.len().div_ceil(MAX_CHUNK);
-        // Per chunk request: seq, tag, id, sizes, format, offset, length (≤ 16 B), CRC-32, COBS overhead
-        // (1 per 254) and the two delimiters.
-        self.pixels.len() + chunks * (16 + 4 + 2) + self.pixels.len().div_ceil(254)
-    }
 }
 
 /// The grey images of a dataset as 8-bit frames, numbered from 0, with their labels.
