@@ -14,7 +14,10 @@
 //!   requests, the board's ack and its assignment, at 10 bits a byte (8N1). The bound is
 //!   `baud / 10 / (bytes up + bytes down)` frames/s, and its inverse the minimum latency, as a frame's
 //!   chunk, ack and assignment follow one another; with inference added it is `1 / (wire + inference)`
-//!   for stop-and-wait and `1 / max(wire, inference)` for the pipelined stream, which overlaps them;
+//!   for stop-and-wait and `1 / max(wire, inference)` for the pipelined stream, which overlaps them.
+//!   The pipelined stream also overlaps one frame's assignment going down with the next frame going
+//!   up, so it may pass this bound a little: `full_duplex_bound_frames_per_s` in the JSON (the busier
+//!   direction alone) is its ceiling;
 //! - the unpaced relay: a direct pseudo-terminal (`LocalDevice`, no relay in between) and the engine
 //!   alone (`Engine::from_file` + `assign_frame` on the same frames in this process: the compute bound);
 //! - flashing the int8 bundle (6.9 MB), unpaced and at 921600 baud: the line-rate bound of its chunk
