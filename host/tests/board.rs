@@ -714,7 +714,10 @@ fn a_window_of_frames_recovers_lost_assignments_and_hands_them_on_in_frame_order
     })
     .unwrap();
 
-    assert_eq!(*lost.lock().unwrap(), [3, 7, 7, 11], "each loss happened, and 7's resend was lost too");
+    // Which of 11's first assignment and 7's second goes first depends on timing: compare as a set.
+    let mut lost = lost.lock().unwrap().clone();
+    lost.sort_unstable();
+    assert_eq!(lost, [3, 7, 7, 11], "each loss happened, and 7's resend was lost too");
     let ids: Vec<u32> = received.iter().map(|r| r.assignment.frame_id).collect();
     assert_eq!(ids, (0..12).collect::<Vec<u32>>(), "in frame order, each once");
     for (r, frame) in received.iter().zip(&frames) {
@@ -727,13 +730,15 @@ fn a_window_of_frames_recovers_lost_assignments_and_hands_them_on_in_frame_order
             frame.id
         );
         assert_eq!(r.label, frame.label);
+        // A lost assignment was waited for, then its frame sent again: once for 3 and 11, twice for 7.
+        // (A loaded machine may make any frame wait that long, so the others are not bounded here.)
         let latency = r.latency.unwrap();
-        match frame.id {
-            // Waited for, then sent again: once for 3 and 11, twice for 7.
-            3 | 11 => assert!(latency >= wait, "frame {}: {latency:?}", frame.id),
-            7 => assert!(latency >= 2 * wait, "frame 7: {latency:?}"),
-            _ => assert!(latency < wait, "frame {}: {latency:?} though nothing was lost", frame.id),
-        }
+        let waits = match frame.id {
+            3 | 11 => 1,
+            7 => 2,
+            _ => 0,
+        };
+        assert!(latency >= waits * wait, "frame {}: {latency:?}", frame.id);
     }
 }
 
