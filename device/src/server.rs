@@ -74,6 +74,9 @@ struct FrameAssembly {
     bytes: Vec<u8>,
     /// The whole frame's size.
     size: usize,
+    /// The frame is complete, checked and acked, but not yet assigned: [`Server::run_pending`] runs
+    /// the engine on it once the ack is on its way, so the host can send the next frame meanwhile.
+    pending: bool,
 }
 
 impl Default for Server {
@@ -163,6 +166,8 @@ impl Server {
     /// The next message to send that is no reply (an assignment, a stream's error), oldest first. An
     /// assignment is counted as sent here, when it leaves the outbox.
     pub fn take_outgoing(&mut self) -> Option<DeviceMsg> {
+        // A frame acked but not yet assigned comes first: its assignment is what the host waits for.
+        self.run_pending();
         let msg = self.outbox.pop()?;
         if matches!(msg, DeviceMsg::Assignment(_)) {
             self.stats.assignments_sent += 1;
@@ -224,6 +229,9 @@ impl Server {
                     if let Some(reply) = self.handle(incoming) {
                         link.send(&reply)?;
                     }
+                    // Only now, with the ack on the line, the frame it completed is assigned: the host
+                    // sends its next frame while the engine runs.
+                    self.run_pending();
                 }
             }
             if stream_work {
@@ -326,6 +334,9 @@ impl Server {
 
     /// The reply to one incoming request or framing error, if it gets one.
     pub fn handle(&mut self, incoming: Incoming) -> Option<DeviceMsg> {
+        // A frame left pending by the previous request is assigned before this one is looked at: its
+        // bytes are in the buffer a new chunk would overwrite, and its assignment goes out first.
+        self.run_pending();
         let request = match incoming {
             Ok(request) => request,
             Err(FrameError::VersionMismatch { seq, protocol }) => return Some(self.greet(seq, protocol)),
@@ -449,14 +460,17 @@ impl Server {
         })
     }
 
-    /// Adds one chunk to the frame in progress; the frame's last chunk queues its assignment.
+    /// Adds one chunk to the frame in progress. The frame's last chunk checks it (a malformed frame is
+    /// refused here, in the chunk's reply) and leaves it pending: [`Server::run_pending`] assigns it
+    /// after the ack.
     fn frame_chunk(&mut self, chunk: &stdac_protocol::FrameChunk) -> Result<(), ErrorCode> {
-        let Some(engine) = &self.engine else {
+        if self.engine.is_none() {
             self.stats.frames_received += 1;
             return Err(ErrorCode::NoModel);
-        };
+        }
         let header = (chunk.frame_id, chunk.width, chunk.height, chunk.format);
         let frame = &mut self.frame;
+        debug_assert!(!frame.pending, "handle assigns a pending frame before the next chunk");
         if frame.header != Some(header) {
             // A new frame (or the same id with other dimensions) starts over.
             frame.header = None;
@@ -479,8 +493,11 @@ impl Server {
             return Err(ErrorCode::FrameInvalid);
         }
         if frame.bytes.len() == frame.size {
-            // A chunk of a frame already assigned, resent: its assignment again, not a second inference.
-            self.resend_assignment(chunk.frame_id);
+            // The last chunk of a frame already assigned, resent (its assignment was lost): the
+            // assignment again, not a second inference. Its other chunks, resent, need no answer.
+            if end == frame.size {
+                self.resend_assignment(chunk.frame_id);
+            }
             return Ok(());
         }
         // Chunks are idempotent: a resent one overwrites what it wrote before.
@@ -490,31 +507,56 @@ impl Server {
         if frame.bytes.len() < frame.size {
             return Ok(());
         }
-        let format = match chunk.format {
-            stdac_protocol::PixelFormat::Gray8 => preprocess::PixelFormat::Grey8,
-            stdac_protocol::PixelFormat::Rgb888 => preprocess::PixelFormat::Rgb8,
-            stdac_protocol::PixelFormat::Yuyv => preprocess::PixelFormat::Yuyv,
+        // The cheap checks now, so that a malformed frame is still refused in this chunk's reply;
+        // the engine runs after the ack.
+        if let Err(error) = assembled_frame(header, &frame.bytes).check() {
+            frame.header = None;
+            self.led.failed();
+            eprintln!("stdac-device: frame {} refused: {error}", chunk.frame_id);
+            return Err(ErrorCode::FrameInvalid);
+        }
+        frame.pending = true;
+        Ok(())
+    }
+
+    /// Assigns the frame acked but not yet assigned, if there is one: its assignment, or an
+    /// [`DeviceMsg::Error`] naming it when the engine fails, goes to the outbox. [`Server::run`] calls it
+    /// right after sending a reply; [`Server::take_outgoing`] and [`Server::handle`] call it too, so a
+    /// caller driving the server by hand sees the same order of messages.
+    pub fn run_pending(&mut self) {
+        if !std::mem::take(&mut self.frame.pending) {
+            return;
+        }
+        let (Some(engine), Some(header)) = (&self.engine, self.frame.header) else {
+            // A pending frame needs both (set together in frame_chunk, and nothing unloads a model).
+            return;
         };
+        let frame_id = header.0;
         self.led.busy();
         let started = Instant::now();
-        let image =
-            FrameRef { format, width: chunk.width.into(), height: chunk.height.into(), bytes: &frame.bytes };
-        let led = &mut self.led;
-        let assignment = engine.assign_frame(image).map_err(|error| {
-            led.failed();
-            frame.header = None;
-            eprintln!("stdac-device: frame {} not assigned: {error}", chunk.frame_id);
-            match error {
-                EngineError::Frame(_) => ErrorCode::FrameInvalid,
-                _ => ErrorCode::Internal,
-            }
-        })?;
-        led.idle();
+        let result = engine.assign_frame(assembled_frame(header, &self.frame.bytes));
         let inference_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        let assignment = wire_assignment(chunk.frame_id, &assignment, inference_us, self.options.report_stn);
-        self.last_assignment = Some(assignment.clone());
-        self.send_later(DeviceMsg::Assignment(assignment));
-        Ok(())
+        let msg = match result {
+            Ok(assignment) => {
+                self.led.idle();
+                let assignment =
+                    wire_assignment(frame_id, &assignment, inference_us, self.options.report_stn);
+                self.last_assignment = Some(assignment.clone());
+                DeviceMsg::Assignment(assignment)
+            }
+            Err(error) => {
+                self.led.failed();
+                // Forgotten, so that the host resending it has it assembled and tried again.
+                self.frame.header = None;
+                eprintln!("stdac-device: frame {frame_id} not assigned: {error}");
+                let code = match error {
+                    EngineError::Frame(_) => ErrorCode::FrameInvalid,
+                    _ => ErrorCode::Internal,
+                };
+                DeviceMsg::Error { code, detail: fit(&format!("frame {frame_id}: {error}")) }
+            }
+        };
+        self.send_later(msg);
     }
 
     /// Queues the last assignment again if it is frame `frame_id`'s.
@@ -550,6 +592,20 @@ impl Server {
         self.stats.uptime_ms = now.duration_since(self.started).as_millis() as u64;
         Some(self.stats())
     }
+}
+
+/// The assembled pixels of a frame with header `(frame_id, width, height, format)`, as the engine reads
+/// them.
+fn assembled_frame(
+    (_, width, height, format): (u32, u16, u16, stdac_protocol::PixelFormat),
+    bytes: &[u8],
+) -> FrameRef<'_> {
+    let format = match format {
+        stdac_protocol::PixelFormat::Gray8 => preprocess::PixelFormat::Grey8,
+        stdac_protocol::PixelFormat::Rgb888 => preprocess::PixelFormat::Rgb8,
+        stdac_protocol::PixelFormat::Yuyv => preprocess::PixelFormat::Yuyv,
+    };
+    FrameRef { format, width: width.into(), height: height.into(), bytes }
 }
 
 /// An engine's assignment as the protocol sends it; θ only when the host asked for it.
@@ -709,12 +765,19 @@ mod tests {
         use crate::bundle::{Bundle, InputSpec, Manifest};
         use crate::engine::TRACT_VERSION;
         use crate::onnx_support as onnx;
+        use crate::status::StatusLed;
         use sha2::{Digest, Sha256};
+        use std::sync::{Arc, Mutex};
         use stdac_protocol::{FlashBegin, FlashChunk, FrameChunk, PixelFormat, MAX_CHUNK};
 
         /// A real bundle: a 28 × 28 grey image → Flatten → Gemm to a 2-d embedding (the sum of the
         /// left half's pixels, the sum of the right half's, scaled), with `theta` when asked.
         fn bundle(name: &str, scale: f32, theta: bool) -> Vec<u8> {
+            bundle_taking(name, scale, theta, &[-1, 1, 28, 28])
+        }
+
+        /// [`bundle`] whose input has the shape `input` (784 values in all).
+        fn bundle_taking(name: &str, scale: f32, theta: bool, input: &[i64]) -> Vec<u8> {
             let mut w = vec![0.0f32; 784 * 2];
             for row in 0..28 {
                 for col in 0..28 {
@@ -738,14 +801,13 @@ mod tests {
                 outputs.push(onnx::value("theta", &[-1, 2, 3]));
                 names.push("theta".into());
             }
-            let graph =
-                onnx::model(nodes, initializers, vec![onnx::value("image", &[-1, 1, 28, 28])], outputs);
+            let graph = onnx::model(nodes, initializers, vec![onnx::value("image", input)], outputs);
             let manifest = Manifest {
                 name: name.into(),
                 family: if theta { "st-dac" } else { "autoencoder" }.into(),
                 input: InputSpec {
                     name: "image".into(),
-                    shape: vec![-1, 1, 28, 28],
+                    shape: input.to_vec(),
                     dtype: "f32".into(),
                     range: [0.0, 1.0],
                 },
@@ -1078,14 +1140,211 @@ mod tests {
             assert_eq!(assignment(&sent[0]).cluster, 1);
         }
 
+        /// An output pin that records every level it is set to.
+        #[derive(Clone, Default)]
+        struct RecordingPin(Arc<Mutex<Vec<bool>>>);
+
+        impl embedded_hal::digital::ErrorType for RecordingPin {
+            type Error = core::convert::Infallible;
+        }
+
+        impl embedded_hal::digital::OutputPin for RecordingPin {
+            fn set_low(&mut self) -> Result<(), Self::Error> {
+                self.0.lock().unwrap().push(false);
+                Ok(())
+            }
+
+            fn set_high(&mut self) -> Result<(), Self::Error> {
+                self.0.lock().unwrap().push(true);
+                Ok(())
+            }
+        }
+
+        impl RecordingPin {
+            fn take(&self) -> Vec<bool> {
+                std::mem::take(&mut self.0.lock().unwrap())
+            }
+        }
+
+        /// One chunk holding all of `pixels` as 28 × 28 grey frame `id`.
+        fn whole_frame(id: u32, pixels: &[u8]) -> HostMsg {
+            HostMsg::Frame(FrameChunk {
+                frame_id: id,
+                width: 28,
+                height: 28,
+                format: PixelFormat::Gray8,
+                offset: 0,
+                data: heapless::Vec::from_slice(pixels).unwrap(),
+            })
+        }
+
+        #[test]
+        fn a_frame_is_acked_before_the_engine_runs_and_assigned_after() {
+            let dir = tempfile::tempdir().unwrap();
+            let pin = RecordingPin::default();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap())
+                .with_led(StatusLed::new(pin.clone()));
+            let mut seq = 0;
+            let bytes = bundle("m", 1.0, false);
+            assert_eq!(flash(&mut server, &mut seq, &bytes, MAX_CHUNK), DeviceMsg::Ack { seq });
+            let engine = Engine::load(Bundle::from_bytes(&bytes, "test").unwrap(), "test").unwrap();
+            pin.take();
+
+            // The last chunk is acked with the engine not yet run (the LED lights only while it runs)…
+            let pixels = picture(240, 20);
+            seq += 1;
+            assert_eq!(server.handle(request(seq, whole_frame(40, &pixels))), Some(DeviceMsg::Ack { seq }));
+            assert_eq!(pin.take(), [] as [bool; 0], "no inference before the ack is sent");
+            // …and assigned when the caller takes what follows the reply.
+            let sent: Vec<_> = std::iter::from_fn(|| server.take_outgoing()).collect();
+            assert_eq!(pin.take(), [true, false], "one inference, after the ack");
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            assert_eq!(assignment(&sent[0]), expected(&engine, 40, &pixels, false));
+
+            // A frame pending when the next request comes is assigned first, its assignment queued first.
+            seq += 1;
+            server.handle(request(seq, whole_frame(41, &pixels)));
+            seq += 1;
+            assert_eq!(server.handle(request(seq, HostMsg::Ping)), Some(DeviceMsg::Ack { seq }));
+            assert_eq!(pin.take(), [true, false], "assigned before the ping was answered");
+            assert_eq!(server.take_outgoing().map(|msg| assignment(&msg).frame_id), Some(41));
+
+            // A malformed frame is still refused in its chunk's reply, and the engine never sees it.
+            seq += 1;
+            let yuyv_odd_width = HostMsg::Frame(FrameChunk {
+                frame_id: 42,
+                width: 3,
+                height: 3,
+                format: PixelFormat::Yuyv,
+                offset: 0,
+                data: heapless::Vec::from_slice(&[9; 18]).unwrap(),
+            });
+            assert_eq!(
+                server.handle(request(seq, yuyv_odd_width)),
+                Some(DeviceMsg::Nack { seq: Some(seq), code: ErrorCode::FrameInvalid })
+            );
+            assert_eq!(server.take_outgoing(), None);
+            assert!(!pin.take().contains(&true), "not run on a refused frame");
+        }
+
+        #[test]
+        fn an_engine_failure_after_the_ack_is_reported_as_an_error_naming_the_frame() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            // A model of 784 values, not of a picture: a frame passes the checks, then the engine
+            // cannot prepare it.
+            let flat = bundle_taking("flat", 1.0, false, &[-1, 784]);
+            assert_eq!(flash(&mut server, &mut seq, &flat, MAX_CHUNK), DeviceMsg::Ack { seq });
+            seq += 1;
+            let pixels = picture(1, 2);
+            assert_eq!(server.handle(request(seq, whole_frame(77, &pixels))), Some(DeviceMsg::Ack { seq }));
+            let sent: Vec<_> = std::iter::from_fn(|| server.take_outgoing()).collect();
+            let [DeviceMsg::Error { code: ErrorCode::Internal, detail }] = &sent[..] else {
+                panic!("one error for the frame, no assignment: {sent:?}")
+            };
+            assert!(detail.starts_with("frame 77: "), "{detail}");
+            assert_eq!(server.stats().assignments_sent, 0);
+
+            // The host resending it gets it tried again (and the same error), not a stale assignment.
+            seq += 1;
+            assert_eq!(server.handle(request(seq, whole_frame(77, &pixels))), Some(DeviceMsg::Ack { seq }));
+            let again: Vec<_> = std::iter::from_fn(|| server.take_outgoing()).collect();
+            assert_eq!(again, sent);
+        }
+
+        /// An in-memory line for [`Server::run`]: reads the requests it was given, then reports the line
+        /// closed; records each message written with the time it was flushed.
+        struct ScriptedLine {
+            input: Vec<u8>,
+            read_at: usize,
+            unflushed: Vec<u8>,
+            written: Vec<(Instant, Vec<u8>)>,
+        }
+
+        impl embedded_io::ErrorType for ScriptedLine {
+            type Error = embedded_io::ErrorKind;
+        }
+
+        impl Read for ScriptedLine {
+            fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+                let n = buf.len().min(self.input.len() - self.read_at);
+                buf[..n].copy_from_slice(&self.input[self.read_at..self.read_at + n]);
+                self.read_at += n;
+                Ok(n)
+            }
+        }
+
+        impl ReadReady for ScriptedLine {
+            fn read_ready(&mut self) -> Result<bool, Self::Error> {
+                Ok(self.read_at < self.input.len())
+            }
+        }
+
+        impl Write for ScriptedLine {
+            fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+                self.unflushed.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> Result<(), Self::Error> {
+                self.written.push((Instant::now(), std::mem::take(&mut self.unflushed)));
+                Ok(())
+            }
+        }
+
+        #[test]
+        fn the_run_loop_sends_the_ack_before_the_engine_starts() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
+            let mut seq = 0;
+            assert_eq!(
+                flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
+                DeviceMsg::Ack { seq }
+            );
+            let mut encoder = stdac_protocol::FrameEncoder::new();
+            let mut input = Vec::new();
+            for id in [1, 2, 3] {
+                let request = Request { seq: 100 + id as u16, msg: whole_frame(id, &picture(200, id as u8)) };
+                input.extend_from_slice(encoder.encode(&request).unwrap());
+            }
+            let line = ScriptedLine { input, read_at: 0, unflushed: Vec::new(), written: Vec::new() };
+            let mut link = Link::new(line);
+            assert!(matches!(server.run(&mut link), Err(LinkError::Closed)));
+
+            let mut decoder = stdac_protocol::Decoder::<DeviceMsg>::new();
+            let sent: Vec<(Instant, DeviceMsg)> = link
+                .io_mut()
+                .written
+                .iter()
+                .map(|(at, bytes)| {
+                    let (msg, rest) = decoder.feed(bytes).expect("one whole message per flush");
+                    assert!(rest.is_empty());
+                    (*at, msg.unwrap())
+                })
+                .collect();
+            assert_eq!(sent.len(), 6, "an ack and an assignment per frame: {sent:?}");
+            for (pair, id) in sent.chunks(2).zip([1, 2, 3]) {
+                let [(acked, DeviceMsg::Ack { seq }), (assigned, DeviceMsg::Assignment(a))] = pair else {
+                    panic!("the ack, then the assignment: {pair:?}")
+                };
+                assert_eq!((*seq, a.frame_id), (100 + id as u16, id));
+                // The engine ran between the two writes: the ack was on the line before it started.
+                let between = assigned.duration_since(*acked);
+                assert!(
+                    between >= Duration::from_micros(a.inference_us.into()),
+                    "frame {id}: ack {between:?} before the assignment, inference took {} µs",
+                    a.inference_us
+                );
+            }
+        }
+
         /// Streaming the board's own frames: a folder of real PNG pictures through the capture thread.
         mod streaming {
             use super::*;
             use crate::capture::Capture;
             use crate::source::FolderSource;
-            use crate::status::StatusLed;
             use std::path::Path;
-            use std::sync::{Arc, Mutex};
 
             /// A 28 × 28 MNIST-like picture: white strokes with soft edges on black, shape `kind`
             /// (a bar, a ring, a seven-like corner, a bar to the right, a blob on the left).
@@ -1353,32 +1612,6 @@ mod tests {
                     (stats.assignments_sent, stats.frames_dropped),
                     (OUTBOX_CAPACITY as u32, extra as u32)
                 );
-            }
-
-            /// An output pin that records every level it is set to.
-            #[derive(Clone, Default)]
-            struct RecordingPin(Arc<Mutex<Vec<bool>>>);
-
-            impl embedded_hal::digital::ErrorType for RecordingPin {
-                type Error = core::convert::Infallible;
-            }
-
-            impl embedded_hal::digital::OutputPin for RecordingPin {
-                fn set_low(&mut self) -> Result<(), Self::Error> {
-                    self.0.lock().unwrap().push(false);
-                    Ok(())
-                }
-
-                fn set_high(&mut self) -> Result<(), Self::Error> {
-                    self.0.lock().unwrap().push(true);
-                    Ok(())
-                }
-            }
-
-            impl RecordingPin {
-                fn take(&self) -> Vec<bool> {
-                    std::mem::take(&mut self.0.lock().unwrap())
-                }
             }
 
             #[test]

@@ -1,16 +1,23 @@
 //! The board link end to end (issue #7): the real firmware (`stdac device --store DIR`, a separate
 //! process) behind a pseudo-terminal [`Relay`], streamed real MNIST test frames by the host's own
-//! `stream::send_frame`, on an unpaced line and on lines paced to 921600 and 115200 baud. For each:
-//! frames/s, per-frame latency p50/p95 (first byte sent to assignment read) and the board's own
-//! inference time (median of the assignments' `inference_us`).
+//! `stream::stream_frames`, on an unpaced line and on lines paced to 921600 and 115200 baud. On each
+//! line the same firmware process is streamed twice: pipelined (a window of 2 frames awaiting their
+//! assignment: the next frame crosses the line while the board assigns the previous one) and
+//! stop-and-wait (a window of 1: each frame waits for the previous one's assignment), the latter the
+//! peer of the former. For each: frames/s, per-frame latency p50/p95 (first byte sent to assignment
+//! read) and the board's own inference time (median of the assignments' `inference_us`).
 //!
-//! Each figure is set against a peer measured or computed in the same run:
+//! Each figure is also set against a peer measured or computed in the same run:
 //!
 //! - paced lines: the line-rate bound for the bytes each frame needs, computed by encoding the very
 //!   messages of the run (`FrameEncoder`: postcard, CRC-32, COBS, delimiters): the host's frame-chunk
-//!   requests, the board's ack and its assignment, at 10 bits a byte (8N1). Requests are stop-and-wait,
-//!   so a frame's request and replies cannot overlap on the line: the bound is
-//!   `baud / 10 / (bytes up + bytes down)` frames/s, and its inverse the minimum latency;
+//!   requests, the board's ack and its assignment, at 10 bits a byte (8N1). The bound is
+//!   `baud / 10 / (bytes up + bytes down)` frames/s, and its inverse the minimum latency, as a frame's
+//!   chunk, ack and assignment follow one another; with inference added it is `1 / (wire + inference)`
+//!   for stop-and-wait and `1 / max(wire, inference)` for the pipelined stream, which overlaps them.
+//!   The pipelined stream also overlaps one frame's assignment going down with the next frame going
+//!   up, so it may pass this bound a little: `full_duplex_bound_frames_per_s` in the JSON (the busier
+//!   direction alone) is its ceiling;
 //! - the unpaced relay: a direct pseudo-terminal (`LocalDevice`, no relay in between) and the engine
 //!   alone (`Engine::from_file` + `assign_frame` on the same frames in this process: the compute bound);
 //! - flashing the int8 bundle (6.9 MB), unpaced and at 921600 baud: the line-rate bound of its chunk
@@ -38,7 +45,7 @@ use stdac::data::{self, Source, Split};
 use stdac::flash::{self, FlashOptions};
 use stdac::local_device::LocalDevice;
 use stdac::relay::{Faults, Relay, RelayConfig};
-use stdac::stream::{self, Frame};
+use stdac::stream::{self, Frame, StreamOptions};
 use stdac::transport::{DeviceClient, LinkConfig};
 use stdac_device::engine::Engine;
 use stdac_protocol::{
@@ -125,8 +132,8 @@ fn main() -> anyhow::Result<()> {
     let (float_flash, unpaced) = {
         let mut board = Board::start(None, &store, &dir.path().join("firmware-unpaced.log"))?;
         let flashed = timed_flash(board.client(), &float_bundle, None)?;
-        let run = stream_run(board.client(), &frames)?;
-        (flashed, run)
+        let runs = compared_runs(board.client(), &frames)?;
+        (flashed, runs)
     };
     let direct = {
         let args = ["device".to_string(), "--store".to_string(), store.display().to_string()];
@@ -137,16 +144,16 @@ fn main() -> anyhow::Result<()> {
             Some(log.as_path()),
             link_config(),
         )?;
-        stream_run(&mut client, &frames)?
+        stream_run(&mut client, &frames, PIPELINED)?
     };
     let mut paced = Vec::new();
     for (baud, n) in [(FAST, plan.fast_frames), (SLOW, plan.slow_frames)] {
         let mut board = Board::start(Some(baud), &store, &dir.path().join(format!("firmware-{baud}.log")))?;
-        paced.push((baud, stream_run(board.client(), &frames[..n])?));
+        paced.push((baud, compared_runs(board.client(), &frames[..n])?));
     }
     // The board's inference on a paced line, idle while each frame crosses it, is slower than back to
     // back; the engine alone with the same idle gaps tells whether the link or the idling is to blame.
-    let gap = Duration::from_secs_f64(paced[0].1.wire_seconds(FAST));
+    let gap = Duration::from_secs_f64(paced[0].1.stop_and_wait.wire_seconds(FAST));
     let engine_gapped = engine_alone(&local_engine, &frames[..plan.fast_frames], gap)?;
     drop(local_engine);
 
@@ -256,8 +263,14 @@ fn engine_alone(engine: &Engine, frames: &[Frame], gap: Duration) -> anyhow::Res
     Ok(EngineRun { per_frame, seconds: started.elapsed().as_secs_f64(), gap })
 }
 
+/// The pipelined window the host streams with by default, and the stop-and-wait one it is compared with.
+const PIPELINED: usize = 2;
+const STOP_AND_WAIT: usize = 1;
+
 /// One stream of frames over a link.
 struct StreamRun {
+    /// Frames awaiting their assignment at most.
+    window: usize,
     frames: usize,
     seconds: f64,
     latencies: Vec<Duration>,
@@ -295,23 +308,47 @@ impl StreamRun {
     fn wire_seconds(&self, baud: u32) -> f64 {
         (self.up + self.down) * BITS_PER_BYTE / f64::from(baud)
     }
+
+    /// The most frames/s this stream's scheme allows on a line at `baud` with the board's inference
+    /// time: stop-and-wait adds inference to the wire time, the pipelined stream overlaps the two.
+    fn bound_with_inference(&self, baud: u32) -> f64 {
+        let (wire, inference) = (self.wire_seconds(baud), self.inference_us() / 1e6);
+        if self.window > 1 {
+            1.0 / wire.max(inference)
+        } else {
+            1.0 / (wire + inference)
+        }
+    }
 }
 
-fn stream_run(client: &mut DeviceClient, frames: &[Frame]) -> anyhow::Result<StreamRun> {
-    let wait = Duration::from_secs(5);
+/// The same frames over the same link, pipelined and then stop-and-wait.
+struct Compared {
+    pipelined: StreamRun,
+    stop_and_wait: StreamRun,
+}
+
+fn compared_runs(client: &mut DeviceClient, frames: &[Frame]) -> anyhow::Result<Compared> {
+    let pipelined = stream_run(client, frames, PIPELINED)?;
+    let stop_and_wait = stream_run(client, frames, STOP_AND_WAIT)?;
+    Ok(Compared { pipelined, stop_and_wait })
+}
+
+fn stream_run(client: &mut DeviceClient, frames: &[Frame], window: usize) -> anyhow::Result<StreamRun> {
+    let options = StreamOptions { window, wait: Duration::from_secs(5), retries: 2 };
     // Warm-up, under an id no timed frame has, so the board treats every timed frame as new.
     let warm_up = Frame { id: frames.len() as u32, ..frames[0].clone() };
-    stream::send_frame(client, &warm_up, wait, 2)?;
+    stream::send_frame(client, &warm_up, options.wait, options.retries)?;
+    let resends_before = client.stats().resends;
     let mut latencies = Vec::with_capacity(frames.len());
     let mut assignments = Vec::with_capacity(frames.len());
     let started = Instant::now();
-    for frame in frames {
-        let received = stream::send_frame(client, frame, wait, 2)?;
+    stream::stream_frames(client, frames, &options, &mut |_, received| {
         latencies.push(received.latency.context("a streamed frame has a latency")?);
         assignments.push(received.assignment);
-    }
+        Ok(())
+    })?;
     let seconds = started.elapsed().as_secs_f64();
-    let resends = client.stats().resends;
+    let resends = client.stats().resends - resends_before;
     if resends > 0 {
         eprintln!(
             "note: {resends} requests resent on {} (a clean line should need none)",
@@ -327,6 +364,7 @@ fn stream_run(client: &mut DeviceClient, frames: &[Frame]) -> anyhow::Result<Str
     }
     let n = frames.len() as f64;
     Ok(StreamRun {
+        window,
         frames: frames.len(),
         seconds,
         latencies,
@@ -336,7 +374,7 @@ fn stream_run(client: &mut DeviceClient, frames: &[Frame]) -> anyhow::Result<Str
     })
 }
 
-/// Bytes a frame takes on the wire, each way: its chunk requests as `send_frame` builds them, an ack
+/// Bytes a frame takes on the wire, each way: its chunk requests as `stream_frames` builds them, an ack
 /// for each, and its assignment.
 fn frame_wire_bytes(encoder: &mut FrameEncoder, frame: &Frame, assignment: &Assignment) -> (usize, usize) {
     let (mut up, mut down) = (0, 0);
@@ -497,8 +535,8 @@ fn report(
     engine: &EngineRun,
     engine_gapped: &EngineRun,
     direct: &StreamRun,
-    unpaced: &StreamRun,
-    paced: &[(u32, StreamRun)],
+    unpaced: &Compared,
+    paced: &[(u32, Compared)],
     float_flash: &FlashRun,
     int8_flashes: &[FlashRun],
     slow_flash: &FlashRun,
@@ -509,18 +547,19 @@ fn report(
 
     println!(
         "\n## Frames end to end (one frame = one request of {:.0} B up, ack + assignment {:.0} B down)\n",
-        unpaced.up, unpaced.down
+        unpaced.pipelined.up, unpaced.pipelined.down
     );
-    println!("| link | frames | frames/s | latency p50 ms | p95 ms | board inference µs (median) | link ms p50 (latency − inference) | peer | frames/s ÷ peer | p50 ÷ peer p50 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| link | window | frames | frames/s | latency p50 ms | p95 ms | board inference µs (median) | link ms p50 (latency − inference) | peer | frames/s ÷ peer | p50 ÷ peer p50 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| engine alone, in process, 1 thread | {} | {engine_fps:.1} | {engine_p50:.2} | {engine_p95:.2} | — | — | — | — | — |",
+        "| engine alone, in process, 1 thread | — | {} | {engine_fps:.1} | {engine_p50:.2} | {engine_p95:.2} | — | — | — | — | — |",
         engine.per_frame.len()
     );
     let row = |name: &str, run: &StreamRun, peer: &str, peer_fps: f64, peer_p50: f64| {
         let p50 = quantile(&run.latencies, 0.5);
         println!(
-            "| {name} | {} | {:.1} | {p50:.2} | {:.2} | {:.0} | {:.3} | {peer} | {:.3} | {:.2} |",
+            "| {name} | {} | {} | {:.1} | {p50:.2} | {:.2} | {:.0} | {:.3} | {peer} | {:.3} | {:.2} |",
+            run.window,
             run.frames,
             run.fps(),
             quantile(&run.latencies, 0.95),
@@ -530,13 +569,52 @@ fn report(
             p50 / peer_p50
         );
     };
+    let p50 = |run: &StreamRun| quantile(&run.latencies, 0.5);
     row("direct pty", direct, "engine alone (compute bound)", engine_fps, engine_p50);
-    row("relay, unpaced", unpaced, "engine alone (compute bound)", engine_fps, engine_p50);
-    row("relay, unpaced", unpaced, "direct pty", direct.fps(), quantile(&direct.latencies, 0.5));
-    for (baud, run) in paced {
-        let wire = run.wire_seconds(*baud);
-        let peer = format!("line bound {baud} baud: {:.1} frames/s, {:.2} ms", 1.0 / wire, wire * 1e3);
-        row(&format!("relay, {baud} baud"), run, &peer, 1.0 / wire, wire * 1e3);
+    for run in [&unpaced.pipelined, &unpaced.stop_and_wait] {
+        row("relay, unpaced", run, "engine alone (compute bound)", engine_fps, engine_p50);
+    }
+    row("relay, unpaced", &unpaced.pipelined, "direct pty (window 2)", direct.fps(), p50(direct));
+    let stop_and_wait_peer = |run: &StreamRun| {
+        (format!("window 1, same line: {:.1} frames/s, {:.2} ms", run.fps(), p50(run)), run.fps(), p50(run))
+    };
+    let (peer, fps, peer_p50) = stop_and_wait_peer(&unpaced.stop_and_wait);
+    row("relay, unpaced", &unpaced.pipelined, &peer, fps, peer_p50);
+    for (baud, runs) in paced {
+        for run in [&runs.pipelined, &runs.stop_and_wait] {
+            let wire = run.wire_seconds(*baud);
+            let peer = format!("line bound {baud} baud: {:.1} frames/s, {:.2} ms", 1.0 / wire, wire * 1e3);
+            row(&format!("relay, {baud} baud"), run, &peer, 1.0 / wire, wire * 1e3);
+        }
+        let (peer, fps, peer_p50) = stop_and_wait_peer(&runs.stop_and_wait);
+        row(&format!("relay, {baud} baud"), &runs.pipelined, &peer, fps, peer_p50);
+    }
+
+    println!("\n## Pipelined (window 2) against stop-and-wait (window 1): the same firmware process, the same line\n");
+    println!("| line | frames/s window 2 | frames/s window 1 | window 2 ÷ window 1 | p50 ms window 2 | p50 ms window 1 | line bound frames/s | window 2 ÷ bound | window 1 ÷ bound |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut compared_json = Vec::new();
+    for (baud, runs) in std::iter::once((None, unpaced)).chain(paced.iter().map(|(b, r)| (Some(*b), r))) {
+        let (two, one) = (&runs.pipelined, &runs.stop_and_wait);
+        let bound = baud.map(|b| 1.0 / two.wire_seconds(b));
+        let over_bound =
+            |run: &StreamRun| bound.map_or("—".to_string(), |b| format!("{:.3}", run.fps() / b));
+        println!(
+            "| {} | {:.1} | {:.1} | {:.3} | {:.2} | {:.2} | {} | {} | {} |",
+            line_name(baud),
+            two.fps(),
+            one.fps(),
+            two.fps() / one.fps(),
+            p50(two),
+            p50(one),
+            bound.map_or("—".to_string(), |b| format!("{b:.1}")),
+            over_bound(two),
+            over_bound(one)
+        );
+        compared_json.push(json!({"baud": baud, "window2_frames_per_s": two.fps(),
+            "window1_frames_per_s": one.fps(), "window2_over_window1_fps": two.fps() / one.fps(),
+            "window2_latency_ms_p50": p50(two), "window1_latency_ms_p50": p50(one),
+            "line_bound_frames_per_s": bound}));
     }
 
     let gapped_p50 = quantile(&engine_gapped.per_frame, 0.5);
@@ -548,21 +626,25 @@ fn report(
         gapped_p50 / engine_p50
     );
     println!("\n## Where a paced frame's time goes (p50 latency = wire + board inference + the rest)\n");
-    println!("| line | wire ms (up + down) | board inference ms | rest ms | p50 ms | frames/s bound with inference | frames/s ÷ that |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| line | window | wire ms (up + down) | board inference ms | rest ms | p50 ms | frames/s bound with inference (window 1: wire + inference, window 2: the larger) | frames/s ÷ that |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut turnaround = Vec::new();
-    for (baud, run) in paced {
-        let wire = run.wire_seconds(*baud) * 1e3;
-        let inference = run.inference_us() / 1e3;
-        let p50 = quantile(&run.latencies, 0.5);
-        let rest = p50 - wire - inference;
-        let bound = 1e3 / (wire + inference);
-        println!(
-            "| {baud} baud | {wire:.2} | {inference:.2} | {rest:.2} | {p50:.2} | {bound:.1} | {:.3} |",
-            run.fps() / bound
-        );
-        turnaround.push(json!({"baud": baud, "wire_ms": wire, "inference_ms": inference, "rest_ms": rest,
-            "fps_bound_with_inference": bound, "fps_over_that": run.fps() / bound}));
+    for (baud, runs) in paced {
+        for run in [&runs.pipelined, &runs.stop_and_wait] {
+            let wire = run.wire_seconds(*baud) * 1e3;
+            let inference = run.inference_us() / 1e3;
+            let p50 = p50(run);
+            let rest = p50 - wire - inference;
+            let bound = run.bound_with_inference(*baud);
+            println!(
+                "| {baud} baud | {} | {wire:.2} | {inference:.2} | {rest:.2} | {p50:.2} | {bound:.1} | {:.3} |",
+                run.window,
+                run.fps() / bound
+            );
+            turnaround.push(json!({"baud": baud, "window": run.window, "wire_ms": wire,
+                "inference_ms": inference, "rest_ms": rest, "fps_bound_with_inference": bound,
+                "fps_over_that": run.fps() / bound}));
+        }
     }
 
     println!("\n## Flashing (chunks of {MAX_CHUNK} B, stop-and-wait: each waits for its ack)\n");
@@ -623,6 +705,7 @@ fn report(
 
     let stream_json = |run: &StreamRun, baud: Option<u32>| -> Value {
         let mut v = json!({
+            "window": run.window,
             "frames": run.frames,
             "seconds": run.seconds,
             "frames_per_s": run.fps(),
@@ -645,9 +728,10 @@ fn report(
         }
         v
     };
+    let compared = |runs: &Compared, baud: Option<u32>| json!({"window2": stream_json(&runs.pipelined, baud), "window1": stream_json(&runs.stop_and_wait, baud)});
     let mut paced_json = serde_json::Map::new();
-    for (baud, run) in paced {
-        paced_json.insert(baud.to_string(), stream_json(run, Some(*baud)));
+    for (baud, runs) in paced {
+        paced_json.insert(baud.to_string(), compared(runs, Some(*baud)));
     }
     let summary = json!({
         "bench": "board_link",
@@ -658,14 +742,15 @@ fn report(
             "gap_ms": engine_gapped.gap.as_secs_f64() * 1e3, "ms_p50": gapped_p50,
             "ms_p95": quantile(&engine_gapped.per_frame, 0.95), "p50_over_back_to_back": gapped_p50 / engine_p50},
         "direct_pty": stream_json(direct, None),
-        "relay_unpaced": stream_json(unpaced, None),
-        "relay_over_direct_fps": unpaced.fps() / direct.fps(),
-        "relay_overhead_ms_p50": quantile(&unpaced.latencies, 0.5) - quantile(&direct.latencies, 0.5),
+        "relay_unpaced": compared(unpaced, None),
+        "relay_over_direct_fps": unpaced.pipelined.fps() / direct.fps(),
+        "relay_overhead_ms_p50": p50(&unpaced.pipelined) - p50(direct),
         // The same, net of the board's inference time, which varies between the two firmware processes.
-        "relay_link_overhead_ms_p50": unpaced.link_ms() - direct.link_ms(),
+        "relay_link_overhead_ms_p50": unpaced.pipelined.link_ms() - direct.link_ms(),
         "direct_over_engine_fps": direct.fps() / engine_fps,
-        "relay_unpaced_over_engine_fps": unpaced.fps() / engine_fps,
+        "relay_unpaced_over_engine_fps": unpaced.pipelined.fps() / engine_fps,
         "paced": paced_json,
+        "window2_against_window1": compared_json,
         "paced_turnaround": turnaround,
         "flash": flash_json,
     });

@@ -11,7 +11,7 @@ use stdac::demo::{self, DemoOptions};
 use stdac::flash::{self, FlashOptions};
 use stdac::hil::{self, HilOptions};
 use stdac::local_device::LocalDevice;
-use stdac::stream::{self, JsonlWriter, Tally};
+use stdac::stream::{self, JsonlWriter, StreamOptions, Tally};
 use stdac::transport::{DeviceClient, LinkConfig};
 
 #[derive(Args)]
@@ -60,6 +60,10 @@ pub struct StreamArgs {
     /// Print every assignment as it arrives (by default only the running status).
     #[arg(long)]
     each: bool,
+    /// Frames sent ahead awaiting their assignment, at most: 1 waits for each frame's assignment before
+    /// sending the next; 2 sends the next while the board assigns the previous one.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
     /// Listening to the board's camera: stop after this many seconds without an assignment (none at all
     /// within that time is an error).
     #[arg(long, default_value_t = 10.0)]
@@ -197,8 +201,9 @@ pub fn stream_cmd(args: &StreamArgs) -> anyhow::Result<()> {
     let status = stdac::progress::status_line();
     let mut tally = Tally::default();
     let config = client.config().clone();
-    for frame in &frames {
-        let received = stream::send_frame(&mut client, frame, config.timeout * 2, config.retries)?;
+    let options =
+        StreamOptions { window: args.window as usize, wait: config.timeout * 2, retries: config.retries };
+    stream::stream_frames(&mut client, &frames, &options, &mut |_, received| {
         tally.add(&received);
         if let Some(out) = jsonl.as_mut() {
             out.write(&received)?;
@@ -208,7 +213,8 @@ pub fn stream_cmd(args: &StreamArgs) -> anyhow::Result<()> {
         }
         status.set_message(tally.line());
         status.tick();
-    }
+        Ok(())
+    })?;
     status.finish_and_clear();
     if let Some(out) = jsonl {
         out.finish()?;

@@ -13,7 +13,7 @@ use stdac_device::engine::Engine;
 
 use crate::flash::{self, FlashOptions, FlashReport};
 use crate::metrics::Scores;
-use crate::stream::{self, Frame, JsonlWriter, Received, Tally};
+use crate::stream::{self, Frame, JsonlWriter, Received, StreamOptions, Tally};
 use crate::transport::DeviceClient;
 
 #[derive(Debug, Clone)]
@@ -22,8 +22,10 @@ pub struct HilOptions {
     pub tolerance: f32,
     /// How long to wait for each frame's assignment before asking again.
     pub wait: Duration,
-    /// Times a frame's assignment is asked for again.
+    /// Times a frame is sent again for its assignment.
     pub retries: u32,
+    /// Frames in flight awaiting their assignment, at most (see [`stream::StreamOptions::window`]).
+    pub window: usize,
     pub flash: FlashOptions,
 }
 
@@ -33,6 +35,7 @@ impl Default for HilOptions {
             tolerance: 1e-4,
             wait: Duration::from_secs(5),
             retries: 3,
+            window: stream::StreamOptions::default().window,
             flash: FlashOptions::default(),
         }
     }
@@ -124,8 +127,10 @@ pub fn check(
         tolerance: options.tolerance,
         clusters: Vec::with_capacity(frames.len()),
     };
-    for frame in frames {
-        let received = stream::send_frame(client, frame, options.wait, options.retries)?;
+    let stream_options =
+        StreamOptions { window: options.window, wait: options.wait, retries: options.retries };
+    // Assignments come in frame order; each is compared with the host's for the same frame.
+    stream::stream_frames(client, frames, &stream_options, &mut |frame, received| {
         tally.add(&received);
         if let Some(out) = jsonl.as_deref_mut() {
             out.write(&received)?;
@@ -155,7 +160,8 @@ pub fn check(
             });
         }
         report.clusters.push(a.cluster);
-    }
+        Ok(())
+    })?;
     let labels: Option<Vec<i64>> = frames.iter().map(|f| f.label).collect();
     if let Some(labels) = labels.filter(|l| !l.is_empty()) {
         let clusters: Vec<i64> = report.clusters.iter().map(|&c| c.into()).collect();

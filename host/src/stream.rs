@@ -1,12 +1,15 @@
 //! `stdac stream`: frames to a board and its assignments back, live.
 //!
-//! A frame is sent in chunks, each a request acked by the board; the board assigns the frame when its
-//! last chunk arrives and sends the [`Assignment`] right after that chunk's ack. An assignment lost on
-//! the line is asked for again by resending the last chunk, which the board answers with the same
-//! assignment (it does not assign a frame twice). Assignments for other frames (late copies) are
-//! ignored, so no assignment is ever taken for the wrong frame.
+//! A frame is sent in chunks, each a request acked by the board. The board acks a frame's last chunk
+//! first and assigns the frame after, sending its [`Assignment`] when done, so [`stream_frames`] sends
+//! the next frame as soon as that ack is in: the next frame crosses the line while the board runs its
+//! engine, up to a window of frames awaiting their assignment. Assignments are matched to frames by
+//! id; ids not awaited (late copies) are ignored, so no assignment is ever taken for the wrong frame. An
+//! assignment lost on the line is asked for again by sending its frame again, whole: the board
+//! assembles it anew (or, if it is the frame it just assigned, sends the same assignment again), and
+//! since inference is deterministic the assignment is the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -108,16 +111,112 @@ pub struct Received {
     pub label: Option<i64>,
 }
 
-/// Sends `frame` and waits for its assignment, asking again (resending the last chunk) up to
-/// `retries` times when none comes within `wait`.
-pub fn send_frame(
+/// How [`stream_frames`] keeps frames in flight and recovers lost assignments.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Frames sent whose assignment has not come yet, at most. 1 is stop-and-wait; 2 lets the next
+    /// frame cross the line while the board assigns the previous one, which is all one board (one
+    /// frame assembled at a time) can overlap.
+    pub window: usize,
+    /// How long the oldest awaited frame's assignment may take, from its last chunk's ack, before the
+    /// frame is sent again.
+    pub wait: Duration,
+    /// Times a frame is sent again before the stream fails.
+    pub retries: u32,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions { window: 2, wait: Duration::from_secs(5), retries: 3 }
+    }
+}
+
+/// A frame sent and not yet handed on.
+struct InFlight<'a> {
+    frame: &'a Frame,
+    /// When its first byte went out: its latency counts from here, resends included.
+    first_sent: Instant,
+    /// When its last chunk was last acked: its wait counts from here.
+    last_sent: Instant,
+    resends: u32,
+    /// Its assignment, once come; it is handed on when every earlier frame's has been.
+    received: Option<Received>,
+}
+
+/// Streams `frames` to a board, at most `options.window` of them awaiting their assignment at a time,
+/// and hands each frame's assignment to `on_received` in frame order (an assignment that overtakes an
+/// earlier frame's is held until that one comes). A frame whose assignment does not come within
+/// `options.wait` is sent again, whole, up to `options.retries` times; then the stream fails naming the
+/// frame and the port, as it does when the board refuses a frame or reports that its engine failed on
+/// one. Frames with the same id are never in flight together: an assignment names only its frame's id.
+pub fn stream_frames(
     client: &mut DeviceClient,
-    frame: &Frame,
-    wait: Duration,
-    retries: u32,
-) -> anyhow::Result<Received> {
-    let started = Instant::now();
-    let mut last = None;
+    frames: &[Frame],
+    options: &StreamOptions,
+    on_received: &mut dyn FnMut(&Frame, Received) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let window = options.window.max(1);
+    let mut unsent = frames.iter().peekable();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(window);
+    loop {
+        // What came while chunks were being acked, without waiting for more.
+        while let Some((msg, read_at)) = client.next_event_read_at(Duration::ZERO)? {
+            take_event(client.port_name(), &mut in_flight, msg, read_at)?;
+        }
+        while let Some(done) = in_flight.pop_front_if(|f| f.received.is_some()) {
+            on_received(done.frame, done.received.expect("popped because it has one"))?;
+        }
+        let awaiting = || in_flight.iter().filter(|f| f.received.is_none());
+        match unsent.peek() {
+            Some(&frame) if awaiting().count() < window && !awaiting().any(|f| f.frame.id == frame.id) => {
+                let first_sent = Instant::now();
+                send_chunks(client, frame)?;
+                in_flight.push_back(InFlight {
+                    frame,
+                    first_sent,
+                    last_sent: Instant::now(),
+                    resends: 0,
+                    received: None,
+                });
+                unsent.next();
+                continue;
+            }
+            None if in_flight.is_empty() => return Ok(()),
+            // The window is full (or the next frame's id still awaited): wait for the oldest.
+            _ => {}
+        }
+        let oldest = in_flight
+            .iter_mut()
+            .find(|f| f.received.is_none())
+            .expect("frames are in flight, and the first of them awaits its assignment");
+        let deadline = oldest.last_sent + options.wait;
+        if let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Some((msg, read_at)) = client.next_event_read_at(left)? {
+                take_event(client.port_name(), &mut in_flight, msg, read_at)?;
+            }
+            continue;
+        }
+        if oldest.resends == options.retries {
+            bail!(
+                "no assignment for frame {} from the device on {} after sending it {} times and waiting \
+                 {:?} each time",
+                oldest.frame.id,
+                client.port_name(),
+                options.retries + 1,
+                options.wait
+            );
+        }
+        oldest.resends += 1;
+        send_chunks(client, oldest.frame)?;
+        oldest.last_sent = Instant::now();
+    }
+}
+
+/// Sends `frame` whole, chunk by chunk, each acked.
+fn send_chunks(client: &mut DeviceClient, frame: &Frame) -> anyhow::Result<()> {
+    if frame.pixels.is_empty() {
+        bail!("frame {} has no pixels", frame.id);
+    }
     for (i, piece) in frame.pixels.chunks(MAX_CHUNK).enumerate() {
         let chunk = FrameChunk {
             frame_id: frame.id,
@@ -127,39 +226,63 @@ pub fn send_frame(
             offset: (i * MAX_CHUNK) as u32,
             data: heapless::Vec::from_slice(piece).expect("at most MAX_CHUNK bytes"),
         };
-        client
-            .request(HostMsg::Frame(chunk.clone()))
-            .with_context(|| format!("frame {} was not taken", frame.id))?;
-        last = Some(chunk);
+        client.request(HostMsg::Frame(chunk)).with_context(|| format!("frame {} was not taken", frame.id))?;
     }
-    let last = last.with_context(|| format!("frame {} has no pixels", frame.id))?;
-    for attempt in 0..=retries {
-        if attempt > 0 {
-            client
-                .request(HostMsg::Frame(last.clone()))
-                .with_context(|| format!("frame {}'s assignment asked for again", frame.id))?;
-        }
-        let deadline = Instant::now() + wait;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match client.next_event(left)? {
-                Some(DeviceMsg::Assignment(assignment)) if assignment.frame_id == frame.id => {
-                    return Ok(Received { assignment, latency: Some(started.elapsed()), label: frame.label });
-                }
-                Some(DeviceMsg::Error { code, detail }) => {
-                    eprintln!("stdac: the device on {} reports: {code}: {detail}", client.port_name());
-                }
-                // Stats, log lines, a late copy of an earlier assignment.
-                Some(_) => {}
-                None => break,
+    Ok(())
+}
+
+/// Files a message the device sent on its own: an assignment goes to the awaited frame of its id (any
+/// other is a late copy, dropped); an error naming an awaited frame fails the stream.
+fn take_event(
+    port: &str,
+    in_flight: &mut VecDeque<InFlight>,
+    msg: DeviceMsg,
+    read_at: Instant,
+) -> anyhow::Result<()> {
+    match msg {
+        DeviceMsg::Assignment(assignment) => {
+            let awaited =
+                in_flight.iter_mut().find(|f| f.received.is_none() && f.frame.id == assignment.frame_id);
+            if let Some(f) = awaited {
+                f.received = Some(Received {
+                    latency: Some(read_at.saturating_duration_since(f.first_sent)),
+                    label: f.frame.label,
+                    assignment,
+                });
             }
         }
+        DeviceMsg::Error { code, detail } => {
+            // The board names the frame its engine failed on ("frame ID: why"): that frame will never
+            // be assigned, and sending it again would fail the same way.
+            let failed = in_flight
+                .iter()
+                .find(|f| f.received.is_none() && detail.starts_with(&format!("frame {}: ", f.frame.id)));
+            if let Some(f) = failed {
+                bail!("the device on {port} could not assign frame {}: {code}: {detail}", f.frame.id);
+            }
+            eprintln!("stdac: the device on {port} reports: {code}: {detail}");
+        }
+        // Stats and log lines.
+        _ => {}
     }
-    bail!(
-        "no assignment for frame {} from the device on {} after {} requests of {wait:?} each",
-        frame.id,
-        client.port_name(),
-        retries + 1
-    )
+    Ok(())
+}
+
+/// Sends `frame` and waits for its assignment (stop-and-wait: [`stream_frames`] with a window of one),
+/// sending the frame again up to `retries` times when none comes within `wait`.
+pub fn send_frame(
+    client: &mut DeviceClient,
+    frame: &Frame,
+    wait: Duration,
+    retries: u32,
+) -> anyhow::Result<Received> {
+    let mut received = None;
+    let options = StreamOptions { window: 1, wait, retries };
+    stream_frames(client, std::slice::from_ref(frame), &options, &mut |_, r| {
+        received = Some(r);
+        Ok(())
+    })?;
+    Ok(received.expect("a stream that ends well hands on every frame's assignment"))
 }
 
 /// Listens to a board assigning its own camera's frames: starts its stream, hands each assignment to

@@ -89,7 +89,8 @@ pub struct DeviceClient {
     rx_start: usize,
     rx_end: usize,
     next_seq: Seq,
-    events: VecDeque<DeviceMsg>,
+    /// With the time each was read, so that a latency counts from when it came, not when it was asked for.
+    events: VecDeque<(DeviceMsg, Instant)>,
     stats: ClientStats,
 }
 
@@ -229,6 +230,15 @@ impl DeviceClient {
 
     /// The next message the device sent on its own, waiting up to `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Result<Option<DeviceMsg>, LinkError> {
+        Ok(self.next_event_read_at(timeout)?.map(|(event, _)| event))
+    }
+
+    /// [`DeviceClient::next_event`] with the time it was read off the port (earlier than now when it
+    /// arrived while a reply was awaited).
+    pub fn next_event_read_at(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(DeviceMsg, Instant)>, LinkError> {
         if let Some(event) = self.events.pop_front() {
             return Ok(Some(event));
         }
@@ -237,7 +247,7 @@ impl DeviceClient {
             // Late replies and damaged frames are skipped.
             if let Ok(event) = incoming {
                 if is_unsolicited(&event) {
-                    return Ok(Some(event));
+                    return Ok(Some((event, Instant::now())));
                 }
             }
         }
@@ -291,7 +301,7 @@ impl DeviceClient {
             self.events.pop_front();
             self.stats.events_dropped += 1;
         }
-        self.events.push_back(event);
+        self.events.push_back((event, Instant::now()));
     }
 
     fn io_error(&self, source: io::Error) -> LinkError {

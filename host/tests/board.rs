@@ -609,3 +609,154 @@ fn garbage_and_nonsense_requests_are_refused_and_the_device_keeps_serving() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// 5. The host's window of frames in flight, against the firmware's own server (`Server::run`, in this
+//    process) behind a line that loses the assignments it is told to
+
+/// The board's end of the line, passing every message through except the assignments of the frames in
+/// `lose` (as many of each as its count says): those vanish, as if damaged on the way.
+struct LossyLine {
+    port: stdac_device::serial::SerialStream,
+    unflushed: Vec<u8>,
+    decoder: Decoder<DeviceMsg>,
+    lose: std::collections::HashMap<u32, u32>,
+    lost: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+}
+
+impl embedded_io::ErrorType for LossyLine {
+    type Error = std::io::Error;
+}
+
+impl embedded_io::Read for LossyLine {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        self.port.read(buf)
+    }
+}
+
+impl embedded_io::ReadReady for LossyLine {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        self.port.read_ready()
+    }
+}
+
+impl embedded_io::Write for LossyLine {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        self.unflushed.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    /// The server flushes after each whole message: the place to decide its fate.
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        let wire = std::mem::take(&mut self.unflushed);
+        if let Some((Ok(DeviceMsg::Assignment(a)), _)) = self.decoder.feed(&wire) {
+            if let Some(left) = self.lose.get_mut(&a.frame_id).filter(|left| **left > 0) {
+                *left -= 1;
+                self.lost.lock().unwrap().push(a.frame_id);
+                return Ok(());
+            }
+        }
+        self.port.write_all(&wire)?;
+        self.port.flush()
+    }
+}
+
+/// The float model's server, on a thread of its own, behind a [`LossyLine`] losing `lose`; a client of
+/// it named `fake-board`, and the list of the assignments lost so far.
+fn lossy_board(
+    store: &Path,
+    lose: &[(u32, u32)],
+) -> (DeviceClient, std::sync::Arc<std::sync::Mutex<Vec<u32>>>) {
+    let bytes = std::fs::read(bundle(FLOAT)).unwrap();
+    let mut models = stdac_device::store::ModelStore::open(store).unwrap();
+    models.begin(bytes.len() as u64, sha2::Sha256::digest(&bytes).into()).unwrap();
+    for (i, piece) in bytes.chunks(MAX_CHUNK).enumerate() {
+        models.write_chunk((i * MAX_CHUNK) as u64, piece).unwrap();
+    }
+    models.commit().unwrap();
+    let mut server = stdac_device::Server::with_store(models);
+
+    let (host_end, board_end) = TTYPort::pair().unwrap();
+    let port =
+        stdac_device::serial::open(&serialport::SerialPort::name(&board_end).unwrap(), 115_200).unwrap();
+    let lost = std::sync::Arc::default();
+    let line = LossyLine {
+        port,
+        unflushed: Vec::new(),
+        decoder: Decoder::new(),
+        lose: lose.iter().copied().collect(),
+        lost: std::sync::Arc::clone(&lost),
+    };
+    // Serves until the host's end closes; the board's end is held open by the thread till then.
+    thread::spawn(move || {
+        let _board_end = board_end;
+        let _ = server.run(&mut stdac_device::Link::new(line));
+    });
+    let config = LinkConfig { timeout: Duration::from_secs(2), ..LinkConfig::default() };
+    let mut client = DeviceClient::new(Box::new(host_end), "fake-board", config);
+    client.hello().unwrap();
+    (client, lost)
+}
+
+#[test]
+fn a_window_of_frames_recovers_lost_assignments_and_hands_them_on_in_frame_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut client, lost) = lossy_board(dir.path(), &[(3, 1), (7, 2), (11, 1)]);
+    let frames = mnist(12);
+    let engine = Engine::from_file(&bundle(FLOAT)).unwrap();
+    let wait = Duration::from_millis(300);
+    let options = stream::StreamOptions { window: 2, wait, retries: 3 };
+    let mut received = Vec::new();
+    stream::stream_frames(&mut client, &frames, &options, &mut |frame, r| {
+        assert_eq!(r.assignment.frame_id, frame.id, "an assignment handed on with its own frame");
+        received.push(r);
+        Ok(())
+    })
+    .unwrap();
+
+    // Which of 11's first assignment and 7's second goes first depends on timing: compare as a set.
+    let mut lost = lost.lock().unwrap().clone();
+    lost.sort_unstable();
+    assert_eq!(lost, [3, 7, 7, 11], "each loss happened, and 7's resend was lost too");
+    let ids: Vec<u32> = received.iter().map(|r| r.assignment.frame_id).collect();
+    assert_eq!(ids, (0..12).collect::<Vec<u32>>(), "in frame order, each once");
+    for (r, frame) in received.iter().zip(&frames) {
+        let want = engine.assign_frame(frame.as_frame_ref()).unwrap();
+        let got = &r.assignment;
+        assert_eq!(
+            (usize::from(got.cluster), got.distance, got.margin, got.novel),
+            (want.cluster, want.distance, want.margin, want.novel),
+            "frame {}: the frame sent again is assigned the same",
+            frame.id
+        );
+        assert_eq!(r.label, frame.label);
+        // A lost assignment was waited for, then its frame sent again: once for 3 and 11, twice for 7.
+        // (A loaded machine may make any frame wait that long, so the others are not bounded here.)
+        let latency = r.latency.unwrap();
+        let waits = match frame.id {
+            3 | 11 => 1,
+            7 => 2,
+            _ => 0,
+        };
+        assert!(latency >= waits * wait, "frame {}: {latency:?}", frame.id);
+    }
+}
+
+#[test]
+fn a_frame_whose_assignment_never_comes_fails_the_stream_naming_it_and_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut client, lost) = lossy_board(dir.path(), &[(4, u32::MAX)]);
+    let frames = mnist(8);
+    let options = stream::StreamOptions { window: 2, wait: Duration::from_millis(200), retries: 2 };
+    let mut handed_on = Vec::new();
+    let error = stream::stream_frames(&mut client, &frames, &options, &mut |frame, _| {
+        handed_on.push(frame.id);
+        Ok(())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("frame 4") && error.contains("fake-board"), "{error}");
+    assert_eq!(*lost.lock().unwrap(), [4, 4, 4], "sent once and again twice, then given up");
+    assert_eq!(handed_on, [0, 1, 2, 3], "the frames before it were handed on, none after");
+    client.ping().expect("the board still answers");
+}
