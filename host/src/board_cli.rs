@@ -125,6 +125,11 @@ pub struct DemoArgs {
 }
 
 pub fn flash_cmd(args: &FlashArgs) -> anyhow::Result<()> {
+    // A bundle that would not load is refused before any board is touched.
+    let bundle = args.bundle.as_deref().map(stdac::locate_bundle);
+    if let Some(path) = &bundle {
+        stdac_device::bundle::Bundle::read(path)?;
+    }
     let mut client = DeviceClient::open(&args.board.port, args.board.link.config())?;
     if args.rollback {
         let model = flash::rollback(&mut client)?;
@@ -140,7 +145,7 @@ pub fn flash_cmd(args: &FlashArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let bundle = stdac::locate_bundle(args.bundle.as_deref().expect("clap requires --bundle"));
+    let bundle = bundle.expect("clap requires --bundle without --rollback");
     let options = FlashOptions { force: args.force, ..FlashOptions::default() };
     let bar = stdac::progress::bytes_bar();
     let report = flash::flash(&mut client, &bundle, &options, &mut |done, total| {

@@ -25,36 +25,11 @@ fn selftest_without_a_port_checks_a_local_firmware_end_to_end() {
     assert!(report["rtt_us_median"].as_u64().unwrap() > 0);
 }
 
-/// Two pseudo-terminals joined back to back, like a null-modem cable: each end has a path to open.
-/// Returns the two paths; the relay threads live as long as the process.
-fn null_modem() -> (String, String) {
-    use serialport::{SerialPort, TTYPort};
-    let (a_master, a_slave) = TTYPort::pair().unwrap();
-    let (b_master, b_slave) = TTYPort::pair().unwrap();
-    let paths = (a_slave.name().unwrap(), b_slave.name().unwrap());
-    // The slave ends stay open here too, so the masters never see a hang-up between openers.
-    std::mem::forget((a_slave, b_slave));
-    for (mut from, mut to) in
-        [(a_master.try_clone_native().unwrap(), b_master.try_clone_native().unwrap()), (b_master, a_master)]
-    {
-        std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let mut buf = [0u8; 4096];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(n) => to.write_all(&buf[..n]).unwrap(),
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(_) => return,
-                }
-            }
-        });
-    }
-    paths
-}
-
 #[test]
 fn info_reads_the_hello_of_the_firmware_run_by_stdac_device() {
-    let (board_end, host_end) = null_modem();
+    // Two pseudo-terminals joined back to back, like a null-modem cable: each end has a path to open.
+    let line = stdac::relay::Relay::start(Default::default()).unwrap();
+    let (board_end, host_end) = (line.device_port.clone(), line.host_port.clone());
     let mut device = Command::new(env!("CARGO_BIN_EXE_stdac"))
         .args(["device", "--port", &board_end])
         .stderr(Stdio::null())
@@ -69,6 +44,15 @@ fn info_reads_the_hello_of_the_firmware_run_by_stdac_device() {
     assert_eq!(hello["protocol"], stdac_protocol::PROTOCOL_VERSION);
     assert_eq!(hello["firmware"], env!("CARGO_PKG_VERSION"));
     assert_eq!(hello["model"], serde_json::Value::Null);
+}
+
+#[test]
+fn flash_refuses_a_file_that_is_no_bundle_before_touching_any_port() {
+    let output = stdac(&["flash", "--port", "/dev/stdac-no-such-port", "--bundle", "Cargo.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Cargo.toml"), "the error names the file: {stderr}");
+    assert!(!stderr.contains("no-such-port"), "the port is not opened for a bad bundle: {stderr}");
 }
 
 #[test]
