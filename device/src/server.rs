@@ -17,7 +17,7 @@ use crate::link::{Incoming, Link, LinkError};
 use crate::preprocess::{self, FrameRef};
 use crate::queue::DropOldestQueue;
 use crate::status::{Indicator, NoLed, StatusLed};
-use crate::store::ModelStore;
+use crate::store::{Activated, ModelStore};
 
 /// The largest frame the device assembles: a 1920 × 1080 RGB picture. A larger one is refused with
 /// [`ErrorCode::Oversized`] before any memory is taken for it.
@@ -426,27 +426,11 @@ impl Server {
                 }
                 written
             }
-            HostMsg::FlashCommit => store.commit().map(|activated| {
-                eprintln!(
-                    "stdac-device: flashed model {} (SHA-256 {}), now active",
-                    activated.model.name,
-                    hex(&activated.model.sha256)
-                );
-                self.model = Some(activated.model.info());
-                self.engine = Some(activated.engine);
-                self.update_capabilities();
-            }),
+            HostMsg::FlashCommit => store.commit().map(|activated| self.activate(activated, "flashed")),
             HostMsg::FlashAbort => store.abort(),
-            HostMsg::FlashRollback => store.rollback().map(|activated| {
-                eprintln!(
-                    "stdac-device: rolled back to model {} (SHA-256 {}), now active",
-                    activated.model.name,
-                    hex(&activated.model.sha256)
-                );
-                self.model = Some(activated.model.info());
-                self.engine = Some(activated.engine);
-                self.update_capabilities();
-            }),
+            HostMsg::FlashRollback => {
+                store.rollback().map(|activated| self.activate(activated, "rolled back to"))
+            }
             _ => unreachable!("only flash requests come here"),
         };
         result.map_err(|error| {
@@ -557,6 +541,15 @@ impl Server {
             }
         };
         self.send_later(msg);
+    }
+
+    /// Serves frames with a model the store just made active (`how`: flashed, rolled back to).
+    fn activate(&mut self, activated: Activated, how: &str) {
+        let model = &activated.model;
+        eprintln!("stdac-device: {how} model {} (SHA-256 {}), now active", model.name, hex(&model.sha256));
+        self.model = Some(model.info());
+        self.engine = Some(activated.engine);
+        self.update_capabilities();
     }
 
     /// Queues the last assignment again if it is frame `frame_id`'s.

@@ -49,7 +49,7 @@ use stdac::stream::{self, Frame, StreamOptions};
 use stdac::transport::{DeviceClient, LinkConfig};
 use stdac_device::engine::Engine;
 use stdac_protocol::{
-    Assignment, DeviceMsg, FlashBegin, FlashChunk, FrameChunk, FrameEncoder, HostMsg, Request, Seq, MAX_CHUNK,
+    Assignment, DeviceMsg, FlashBegin, FlashChunk, FrameEncoder, HostMsg, Request, Seq, MAX_CHUNK,
 };
 
 const FAST: u32 = 921_600;
@@ -378,15 +378,7 @@ fn stream_run(client: &mut DeviceClient, frames: &[Frame], window: usize) -> any
 /// for each, and its assignment.
 fn frame_wire_bytes(encoder: &mut FrameEncoder, frame: &Frame, assignment: &Assignment) -> (usize, usize) {
     let (mut up, mut down) = (0, 0);
-    for (i, piece) in frame.pixels.chunks(MAX_CHUNK).enumerate() {
-        let chunk = FrameChunk {
-            frame_id: frame.id,
-            width: frame.width,
-            height: frame.height,
-            format: frame.format,
-            offset: (i * MAX_CHUNK) as u32,
-            data: heapless::Vec::from_slice(piece).expect("at most MAX_CHUNK bytes"),
-        };
+    for chunk in frame.chunks() {
         up += encoded_len(encoder, &Request { seq: SIZING_SEQ, msg: HostMsg::Frame(chunk) });
         down += encoded_len(encoder, &DeviceMsg::Ack { seq: SIZING_SEQ });
     }

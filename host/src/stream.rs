@@ -36,6 +36,18 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame as the requests that carry it, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = FrameChunk> + '_ {
+        self.pixels.chunks(MAX_CHUNK).enumerate().map(|(i, piece)| FrameChunk {
+            frame_id: self.id,
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            offset: (i * MAX_CHUNK) as u32,
+            data: heapless::Vec::from_slice(piece).expect("at most MAX_CHUNK bytes"),
+        })
+    }
+
     /// The pixels as the board's engine reads them.
     pub fn as_frame_ref(&self) -> stdac_device::preprocess::FrameRef<'_> {
         let format = match self.format {
@@ -217,15 +229,7 @@ fn send_chunks(client: &mut DeviceClient, frame: &Frame) -> anyhow::Result<()> {
     if frame.pixels.is_empty() {
         bail!("frame {} has no pixels", frame.id);
     }
-    for (i, piece) in frame.pixels.chunks(MAX_CHUNK).enumerate() {
-        let chunk = FrameChunk {
-            frame_id: frame.id,
-            width: frame.width,
-            height: frame.height,
-            format: frame.format,
-            offset: (i * MAX_CHUNK) as u32,
-            data: heapless::Vec::from_slice(piece).expect("at most MAX_CHUNK bytes"),
-        };
+    for chunk in frame.chunks() {
         client.request(HostMsg::Frame(chunk)).with_context(|| format!("frame {} was not taken", frame.id))?;
     }
     Ok(())
