@@ -719,14 +719,7 @@ mod tests {
         assert_eq!(back.manifest.card, serde_json::Value::Null);
     }
 
-    fn dir_entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::manifest_support::dir_entries;
 
     #[test]
     fn write_atomic_then_read() {

@@ -440,7 +440,6 @@ fn check_output_sizes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::InputSpec;
     use crate::onnx_support as onnx;
     use crate::preprocess::PixelFormat;
 
@@ -470,25 +469,9 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            name: "two-pixels".into(),
-            family: "autoencoder".into(),
-            input: InputSpec {
-                name: "image".into(),
-                shape: vec![-1, 1, 2, 2],
-                dtype: "f32".into(),
-                range: [0.0, 1.0],
-            },
-            outputs: vec!["embedding".into()],
-            embedding_dim: 2,
-            clusters: 2,
             centroids: vec![0.0, 0.0, 2.0, 0.0],
-            metric: "euclidean".into(),
-            class_names: vec![],
             novelty_threshold: Some(0.5),
-            quantization: "none".into(),
-            tract_version: TRACT_VERSION.into(),
-            graph_sha256: String::new(),
-            card: serde_json::Value::Null,
+            ..crate::manifest_support::manifest("two-pixels", &[-1, 1, 2, 2])
         }
     }
 

@@ -36,8 +36,14 @@ pub mod store;
 pub mod warp;
 
 #[cfg(test)]
+#[path = "../tests/support/manifest.rs"]
+mod manifest_support;
+#[cfg(test)]
 #[path = "../tests/support/onnx.rs"]
 mod onnx_support;
+// The support modules name this crate as the integration tests do.
+#[cfg(test)]
+extern crate self as stdac_device;
 
 pub use link::{Link, LinkError};
 pub use server::Server;

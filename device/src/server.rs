@@ -755,8 +755,7 @@ mod tests {
 
     mod with_store {
         use super::*;
-        use crate::bundle::{Bundle, InputSpec, Manifest};
-        use crate::engine::TRACT_VERSION;
+        use crate::bundle::{Bundle, Manifest};
         use crate::onnx_support as onnx;
         use crate::status::StatusLed;
         use sha2::{Digest, Sha256};
@@ -796,25 +795,10 @@ mod tests {
             }
             let graph = onnx::model(nodes, initializers, vec![onnx::value("image", input)], outputs);
             let manifest = Manifest {
-                name: name.into(),
                 family: if theta { "st-dac" } else { "autoencoder" }.into(),
-                input: InputSpec {
-                    name: "image".into(),
-                    shape: input.to_vec(),
-                    dtype: "f32".into(),
-                    range: [0.0, 1.0],
-                },
                 outputs: names,
-                embedding_dim: 2,
-                clusters: 2,
-                centroids: vec![1.0, 0.0, 0.0, 1.0],
-                metric: "euclidean".into(),
-                class_names: vec![],
                 novelty_threshold: Some(0.5),
-                quantization: "none".into(),
-                tract_version: TRACT_VERSION.into(),
-                graph_sha256: String::new(),
-                card: serde_json::Value::Null,
+                ..crate::manifest_support::manifest(name, input)
             };
             Bundle::new(manifest, graph).to_bytes()
         }
@@ -844,6 +828,13 @@ mod tests {
                 assert!(matches!(send(server, msg), DeviceMsg::Ack { .. }), "chunk {i}");
             }
             send(server, HostMsg::FlashCommit)
+        }
+
+        /// Flashes the halves model (`bundle("m", 1.0, false)`); returns the last `seq` used.
+        fn flash_test_model(server: &mut Server) -> u16 {
+            let mut seq = 0;
+            assert_eq!(flash(server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK), DeviceMsg::Ack { seq });
+            seq
         }
 
         /// A 28 × 28 grey picture: the left half `left`, the right half `right`.
@@ -1026,8 +1017,7 @@ mod tests {
         fn a_resent_last_chunk_sends_the_same_assignment_again_without_a_second_frame() {
             let dir = tempfile::tempdir().unwrap();
             let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
-            let mut seq = 0;
-            assert_eq!(flash(&mut server, &mut seq, &bundle("m", 1.0, false), 900), DeviceMsg::Ack { seq });
+            let mut seq = flash_test_model(&mut server);
             let pixels = picture(250, 5);
             let (_, sent) = send_frame(&mut server, &mut seq, 21, &pixels, 400);
             let first = assignment(&sent[0]);
@@ -1097,11 +1087,7 @@ mod tests {
         fn oversized_and_inconsistent_frames_are_refused_and_the_server_keeps_serving() {
             let dir = tempfile::tempdir().unwrap();
             let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
-            let mut seq = 0;
-            assert_eq!(
-                flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
-                DeviceMsg::Ack { seq }
-            );
+            let mut seq = flash_test_model(&mut server);
             let chunk = |frame_id, width, height, format, offset: u32, len: usize| {
                 HostMsg::Frame(FrameChunk {
                     frame_id,
@@ -1290,11 +1276,7 @@ mod tests {
         fn the_run_loop_sends_the_ack_before_the_engine_starts() {
             let dir = tempfile::tempdir().unwrap();
             let mut server = Server::with_store(ModelStore::open(dir.path()).unwrap());
-            let mut seq = 0;
-            assert_eq!(
-                flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
-                DeviceMsg::Ack { seq }
-            );
+            flash_test_model(&mut server);
             let mut encoder = stdac_protocol::FrameEncoder::new();
             let mut input = Vec::new();
             for id in [1, 2, 3] {
@@ -1492,11 +1474,7 @@ mod tests {
                 let (frames, pictures) = picture_folder(5);
                 let store = tempfile::tempdir().unwrap();
                 let mut server = streaming_server(&store, frames.path(), true, 2);
-                let mut seq = 0;
-                assert_eq!(
-                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
-                    DeviceMsg::Ack { seq }
-                );
+                flash_test_model(&mut server);
                 assert_eq!(
                     server.handle(request(50, HostMsg::StartStream)),
                     Some(DeviceMsg::Ack { seq: 50 })
@@ -1552,11 +1530,7 @@ mod tests {
                 std::fs::write(frames.path().join("01b.png"), b"\x89PNG cut short").unwrap();
                 let store = tempfile::tempdir().unwrap();
                 let mut server = streaming_server(&store, frames.path(), false, 8);
-                let mut seq = 0;
-                assert_eq!(
-                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
-                    DeviceMsg::Ack { seq }
-                );
+                flash_test_model(&mut server);
                 server.handle(request(60, HostMsg::StartStream));
                 let sent = stream_until(&mut server, ended);
                 let errors: Vec<_> = sent
@@ -1576,11 +1550,7 @@ mod tests {
             fn the_outbox_keeps_the_newest_messages_and_counts_the_assignments_it_drops() {
                 let store = tempfile::tempdir().unwrap();
                 let mut server = Server::with_store(ModelStore::open(store.path()).unwrap());
-                let mut seq = 0;
-                assert_eq!(
-                    flash(&mut server, &mut seq, &bundle("m", 1.0, false), MAX_CHUNK),
-                    DeviceMsg::Ack { seq }
-                );
+                let mut seq = flash_test_model(&mut server);
                 let pixels = picture(0, 255);
                 let extra = 5;
                 for id in 0..(OUTBOX_CAPACITY + extra) as u32 {

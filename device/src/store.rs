@@ -613,8 +613,7 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{InputSpec, Manifest};
-    use crate::engine::TRACT_VERSION;
+    use crate::bundle::Manifest;
     use crate::onnx_support as onnx;
 
     /// Small enough that a bundle of a few hundred bytes takes several chunks.
@@ -622,25 +621,8 @@ mod tests {
 
     fn manifest(name: &str) -> Manifest {
         Manifest {
-            name: name.into(),
-            family: "autoencoder".into(),
-            input: InputSpec {
-                name: "image".into(),
-                shape: vec![-1, 1, 2, 2],
-                dtype: "f32".into(),
-                range: [0.0, 1.0],
-            },
-            outputs: vec!["embedding".into()],
-            embedding_dim: 2,
-            clusters: 2,
             centroids: vec![0.0, 0.0, 2.0, 0.0],
-            metric: "euclidean".into(),
-            class_names: vec![],
-            novelty_threshold: None,
-            quantization: "none".into(),
-            tract_version: TRACT_VERSION.into(),
-            graph_sha256: String::new(),
-            card: serde_json::Value::Null,
+            ..crate::manifest_support::manifest(name, &[-1, 1, 2, 2])
         }
     }
 
@@ -685,14 +667,7 @@ mod tests {
         assert_eq!(engine.assign(&[1.0, 0.0, 1.0, 0.0]).unwrap().cluster, 1);
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::manifest_support::dir_entries as entries;
 
     fn record(bytes: &[u8]) -> Vec<u8> {
         serde_json::to_vec(&IncomingRecord { size: bytes.len() as u64, sha256: hex(&sha(bytes)) }).unwrap()

@@ -24,12 +24,14 @@
 
 #[path = "support/onnx.rs"]
 mod onnx;
+#[path = "support/manifest.rs"]
+mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use stdac_device::bundle::{Bundle, InputSpec, Manifest};
-use stdac_device::engine::{Engine, TRACT_VERSION};
+use stdac_device::bundle::{Bundle, Manifest};
+use stdac_device::engine::Engine;
 use stdac_device::preprocess::{FrameRef, PixelFormat};
 use tract_onnx::prelude::*;
 
@@ -173,25 +175,13 @@ fn graph(kind: &Graph) -> (Vec<u8>, Vec<String>) {
 fn engine(graph_bytes: Vec<u8>, outputs: Vec<String>) -> Engine {
     let clusters = 10;
     let manifest = Manifest {
-        name: "allocations".into(),
         family: "st-dac".into(),
-        input: InputSpec {
-            name: "image".into(),
-            shape: vec![-1, 1, SIDE as i64, SIDE as i64],
-            dtype: "f32".into(),
-            range: [0.0, 1.0],
-        },
         outputs,
         embedding_dim: DIM,
         clusters,
         centroids: values(clusters * DIM, 6),
-        metric: "euclidean".into(),
-        class_names: vec![],
         novelty_threshold: Some(1.0),
-        quantization: "none".into(),
-        tract_version: TRACT_VERSION.into(),
-        graph_sha256: String::new(),
-        card: serde_json::Value::Null,
+        ..support::manifest("allocations", &[-1, 1, SIDE as i64, SIDE as i64])
     };
     Engine::load(Bundle::new(manifest, graph_bytes), "allocations.stdac").unwrap()
 }

@@ -13,6 +13,8 @@ use stdac_protocol::{
 
 #[path = "support/onnx.rs"]
 mod onnx;
+#[path = "support/manifest.rs"]
+mod support;
 
 struct Firmware {
     child: Child,
@@ -160,7 +162,7 @@ fn a_missing_port_is_an_error_naming_it() {
 /// A real bundle: a 28 × 28 grey image → Flatten → Gemm, the embedding the mean of the left half's
 /// pixels and the mean of the right half's; centroids (1, 0) and (0, 1).
 fn bundle() -> Vec<u8> {
-    use stdac_device::bundle::{Bundle, InputSpec, Manifest};
+    use stdac_device::bundle::Bundle;
     let mut w = vec![0.0f32; 784 * 2];
     for (pixel, pair) in w.chunks_mut(2).enumerate() {
         pair[usize::from(pixel % 28 >= 14)] = 1.0 / 392.0;
@@ -174,27 +176,7 @@ fn bundle() -> Vec<u8> {
         vec![onnx::value("image", &[-1, 1, 28, 28])],
         vec![onnx::value("embedding", &[-1, 2])],
     );
-    let manifest = Manifest {
-        name: "halves".into(),
-        family: "autoencoder".into(),
-        input: InputSpec {
-            name: "image".into(),
-            shape: vec![-1, 1, 28, 28],
-            dtype: "f32".into(),
-            range: [0.0, 1.0],
-        },
-        outputs: vec!["embedding".into()],
-        embedding_dim: 2,
-        clusters: 2,
-        centroids: vec![1.0, 0.0, 0.0, 1.0],
-        metric: "euclidean".into(),
-        class_names: vec![],
-        novelty_threshold: None,
-        quantization: "none".into(),
-        tract_version: stdac_device::engine::TRACT_VERSION.into(),
-        graph_sha256: String::new(),
-        card: serde_json::Value::Null,
-    };
+    let manifest = support::manifest("halves", &[-1, 1, 28, 28]);
     Bundle::new(manifest, graph).to_bytes()
 }
 
