@@ -77,7 +77,7 @@ fn main() {
         return;
     }
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    match torch_peer::run("dcn_step.py", &mnist.features, n, steps, threads) {
+    match torch_peer::run("dcn_step.py", &mnist.features, n, steps, threads, &[]) {
         Ok(peer) => {
             for (i, key) in ["ae", "dcn"].iter().enumerate() {
                 let theirs = peer[format!("{key}_images_per_s")].as_f64().unwrap();

@@ -31,6 +31,10 @@ use stdac::data::{self, Source, Split};
 use stdac::export::onnx::{encode, TractRunner};
 use stdac::export::{graph, input_of, quantize, Quantization, TRACT_VERSION};
 use stdac::st_dac::{StDacConfig, StnPosition};
+
+#[path = "common/machine.rs"]
+mod machine;
+use machine::{cpu_description, vm_hwm_kib};
 use stdac_device::bundle::{Bundle, InputSpec, Manifest};
 use stdac_device::engine::Engine;
 
@@ -508,13 +512,6 @@ fn engine_memory_child(bundle: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The process's peak resident set size so far, in KiB (Linux only).
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -526,25 +523,4 @@ fn write_f32(path: &Path, values: &[f32]) -> std::io::Result<()> {
 fn read_f32(path: &Path) -> std::io::Result<Vec<f32>> {
     let bytes = std::fs::read(path)?;
     Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
-/// The CPU's model name and whether it has the int8 dot-product instructions (VNNI), from
-/// /proc/cpuinfo.
-fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let flags = field("flags").unwrap_or_default();
-    let has = |flag: &str| flags.split(' ').any(|f| f == flag);
-    format!(
-        "{} (avx2: {}, avx512_vnni: {}, avx_vnni: {})",
-        field("model name").unwrap_or_else(|| "unknown".into()),
-        if has("avx2") { "yes" } else { "no" },
-        if has("avx512_vnni") { "yes" } else { "no" },
-        if has("avx_vnni") { "yes" } else { "no" }
-    )
 }

@@ -1,15 +1,21 @@
-"""The PyTorch peer of `cargo bench -p stdac --bench train_step`: the same ST-DAC network (input and
-block-2 spatial transformers, dense width 3096), the same DAC* step (evaluation-mode targets on the clean
-batch, affine augmentation through the sampler, pair loss with the authors' self term, Adam), on the same
-batch of images, timed the same way. Written for the benchmark only; it is not a second implementation of
-the trainer.
+"""The PyTorch peer of `cargo bench -p stdac --bench train_step`: the same ST-DAC network (by default the
+paper's, dense width 3096, with input and block-2 spatial transformers), the same DAC* step (targets on the
+clean batch with the batch's BatchNorm statistics and no dropout, affine augmentation through the sampler,
+pair loss with the authors' self term, Adam), on the same batch of images, timed the same way. Written for
+the benchmark only; it is not a second implementation of the trainer.
 
-usage: st_dac_step.py IMAGES.f32 N STEPS THREADS [cpu|cuda]
-prints one JSON line: {"images_per_s": ..., "step_ms": ..., "torch": ..., "threads": ..., "device": ...}
+ARCH is `paper` (default) or `edge` (the small all-convolutional network); STN is a comma-separated list of
+transformer positions among input,block2,block3 (default input,block2), or `none`.
+
+usage: st_dac_step.py IMAGES.f32 N STEPS THREADS [cpu|cuda] [paper|edge] [STN]
+prints the network's parameter count to stderr, and one JSON line:
+{"images_per_s": ..., "step_ms": ..., "torch": ..., "threads": ..., "device": ..., "arch": ..., "stn": [...],
+ "peak_rss_mib": ...}
 """
 
 import json
 import math
+import resource
 import sys
 import time
 
@@ -19,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EPS = 1e-7
+POSITIONS = ("input", "block2", "block3")
 
 
 class SpatialTransformer(nn.Module):
@@ -52,15 +59,29 @@ def warp(x, theta):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def transformer(stn, position, channels, size):
+    """A transformer at `position` if `stn` names it, else nothing."""
+    return SpatialTransformer(channels, size) if position in stn else nn.Identity()
+
+
+def constraint(logits):
+    """DAC's constraint layer: exp(l - max l), normalised to unit length."""
+    e = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+    return e / e.norm(dim=1, keepdim=True)
+
+
 class StDac(nn.Module):
-    def __init__(self, clusters=10, width=3096):
+    """The paper's network (host/src/st_dac/model.rs)."""
+
+    def __init__(self, stn, clusters=10, width=3096):
         super().__init__()
-        self.stn_input = SpatialTransformer(1, 28)
+        self.stn_input = transformer(stn, "input", 1, 28)
         self.conv1, self.bn1, self.bn1_pool = nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.BatchNorm2d(64)
         self.conv2, self.bn2 = nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128)
-        self.stn_block2 = SpatialTransformer(128, 14)
+        self.stn_block2 = transformer(stn, "block2", 128, 14)
         self.bn2_pool = nn.BatchNorm2d(128)
         self.conv3, self.bn3 = nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256)
+        self.stn_block3 = transformer(stn, "block3", 256, 7)
         self.dense, self.bn_dense = nn.Linear(256 * 7 * 7, width), nn.BatchNorm1d(width)
         self.dropout = nn.Dropout(0.5)
         self.head = nn.Linear(width, clusters)
@@ -70,11 +91,34 @@ class StDac(nn.Module):
         x = self.bn1_pool(F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2))
         x = self.stn_block2(F.relu(self.bn2(self.conv2(x))))
         x = self.bn2_pool(F.max_pool2d(x, 2))
-        x = F.relu(self.bn3(self.conv3(x)))
+        x = self.stn_block3(F.relu(self.bn3(self.conv3(x))))
         x = F.relu(self.bn_dense(self.dense(x.flatten(1))))
-        logits = self.head(self.dropout(x))
-        e = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
-        return e / e.norm(dim=1, keepdim=True)
+        return constraint(self.head(self.dropout(x)))
+
+
+def conv_bn_relu(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class Edge(nn.Module):
+    """The edge network: five 3x3 convolutions, global average pooling, dense 128, no dropout."""
+
+    def __init__(self, stn, clusters=10):
+        super().__init__()
+        self.stn_input = transformer(stn, "input", 1, 28)
+        self.block1 = nn.Sequential(conv_bn_relu(1, 32), conv_bn_relu(32, 32))  # [N, 32, 28, 28]
+        self.block2 = nn.Sequential(conv_bn_relu(32, 64), conv_bn_relu(64, 64))  # [N, 64, 14, 14]
+        self.stn_block2 = transformer(stn, "block2", 64, 14)
+        self.block3 = conv_bn_relu(64, 128)  # [N, 128, 7, 7]
+        self.stn_block3 = transformer(stn, "block3", 128, 7)
+        self.dense = nn.Sequential(nn.Linear(128, 128), nn.BatchNorm1d(128), nn.ReLU())
+        self.head = nn.Linear(128, clusters)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.block1(self.stn_input(x)), 2)
+        x = F.max_pool2d(self.stn_block2(self.block2(x)), 2)
+        x = self.stn_block3(self.block3(x)).mean(dim=(2, 3))
+        return constraint(self.head(self.dense(x)))
 
 
 def augmentation_thetas(n, gen):
@@ -101,15 +145,27 @@ def pair_loss(outputs, targets, threshold, self_weight):
 def main():
     path, n, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     device = sys.argv[5] if len(sys.argv) > 5 else "cpu"
+    arch = sys.argv[6] if len(sys.argv) > 6 else "paper"
+    stn_arg = sys.argv[7] if len(sys.argv) > 7 else "input,block2"
+    stn = [] if stn_arg == "none" else stn_arg.split(",")
+    if arch not in ("paper", "edge") or not set(stn) <= set(POSITIONS):
+        sys.exit(__doc__)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     images = torch.from_numpy(np.fromfile(path, dtype="<f4").reshape(n, 1, 28, 28).copy()).to(device)
-    model = StDac().to(device)
+    model = (StDac if arch == "paper" else Edge)(stn).to(device)
+    print(f"{arch} network, stn {stn_arg}: {sum(p.numel() for p in model.parameters())} parameters",
+          file=sys.stderr)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
-        model.eval()
+        # Targets as the Rust side takes them: the batch's own BatchNorm statistics (training mode, which
+        # also updates the running statistics, as there) and no dropout.
+        model.train()
+        for d in dropouts:
+            d.eval()
         with torch.no_grad():
             targets = model(images)
         model.train()
@@ -126,7 +182,9 @@ def main():
         step()  # loss.item() waits for the device, as into_scalar does on the Rust side
     seconds = (time.perf_counter() - started) / steps
     print(json.dumps({"images_per_s": n / seconds, "step_ms": 1e3 * seconds, "torch": torch.__version__,
-                      "threads": torch.get_num_threads(), "device": device}))
+                      "threads": torch.get_num_threads(), "device": device, "arch": arch, "stn": stn,
+                      # ru_maxrss is in KiB on Linux: the process's peak resident memory.
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 //!
 //! - [`backend`]: the tensor backend (CPU, or CUDA with `--features cuda`), chosen in one place.
 //! - [`st_dac`]: the ST-DAC model and its training.
+//! - [`ops`]: the trainer's own CPU kernels (convolution, BatchNorm, the sampler, Adam) with their
+//!   backward passes, behind a backend extension trait.
 //! - [`autoencoder`]: the autoencoders and DCN, their training and retrieval.
 //! - [`export`]: trained models as ONNX graphs.
 //! - [`data`]: datasets (MNIST, Fashion-MNIST, iris, wine, synthetic control, image folders).
@@ -43,6 +45,7 @@ pub mod hil;
 pub mod kmeans;
 pub mod local_device;
 pub mod metrics;
+pub mod ops;
 pub mod pca;
 pub mod progress;
 pub mod relay;

@@ -20,7 +20,7 @@ use stdac::st_dac::augment::Augmentation;
 use stdac::st_dac::eval as st_dac_eval;
 use stdac::st_dac::loss::{Schedule, Selection, Thresholds};
 use stdac::st_dac::train::{self as st_dac_train, TrainConfig};
-use stdac::st_dac::{StDacConfig, StnPosition};
+use stdac::st_dac::{Arch, StDacConfig, StnPosition};
 use stdac::transport::{DeviceClient, LinkConfig};
 use stdac::{export, figures, selftest};
 use stdac_device::cli::DeviceArgs;
@@ -223,6 +223,10 @@ struct TrainArgs {
     /// Model family.
     #[arg(long, value_enum, default_value = "st-dac")]
     model: ModelKind,
+    /// ST-DAC: the feature network: paper (the dissertation's, ~40 M weights) or edge (sized for a
+    /// board: ~160,000 weights, global average pooling).
+    #[arg(long, value_enum, default_value = "paper")]
+    arch: Arch,
     /// ST-DAC: spatial transformers, comma-separated: input, block2, block3 (none by default).
     #[arg(long, value_enum, value_delimiter = ',')]
     stn: Vec<StnPosition>,
@@ -275,9 +279,9 @@ struct TrainArgs {
     /// ST-DAC: leave out the tanh on the localization nets' last layer.
     #[arg(long)]
     no_stn_tanh: bool,
-    /// ST-DAC: width of the wide dense layer.
-    #[arg(long, default_value_t = 3096)]
-    dense_width: usize,
+    /// ST-DAC: width of the dense layer after the features (default: paper 3096, edge 128).
+    #[arg(long)]
+    dense_width: Option<usize>,
     /// Clusters (default: ST-DAC 10; autoencoders the dataset's classes).
     #[arg(long)]
     clusters: Option<usize>,
@@ -564,9 +568,10 @@ fn train_st_dac(args: &TrainArgs) -> anyhow::Result<()> {
     ensure!(batch >= 2, "--batch must be at least 2: DAC* learns from pairs");
     let self_weight = args.self_weight.unwrap_or(if args.selection == Selection::Code { 10.0 } else { 0.0 });
     let model = StDacConfig::new()
+        .with_arch(args.arch)
         .with_stn(args.stn.clone())
         .with_stn_tanh(!args.no_stn_tanh)
-        .with_dense_width(args.dense_width)
+        .with_dense_width(args.dense_width.unwrap_or(args.arch.default_dense_width()))
         .with_clusters(args.clusters.unwrap_or(10));
     let config = TrainConfig::new(
         model,

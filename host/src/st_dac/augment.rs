@@ -2,12 +2,12 @@
 //! shift and zoom per image, and for Fashion-MNIST a horizontal flip. Each is one affine θ, applied with
 //! the spatial transformer's own sampler, so augmentation runs on the training device.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::stn::warp;
+use crate::ops::TrainOps;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Augmentation {
@@ -51,7 +51,7 @@ impl Augmentation {
     }
 
     /// Augmented copies of `images` ([N, C, H, W]).
-    pub fn apply<B: Backend>(&self, images: Tensor<B, 4>, rng: &mut impl Rng) -> Tensor<B, 4> {
+    pub fn apply<B: TrainOps>(&self, images: Tensor<B, 4>, rng: &mut impl Rng) -> Tensor<B, 4> {
         if *self == Self::NONE {
             return images;
         }

@@ -1,39 +1,62 @@
-//! The ST-DAC network: a small VGG-like CNN with up to three spatial transformers, ending in DAC's
-//! constraint layer.
+//! The ST-DAC network: a small VGG-like CNN ([`Arch`]: the dissertation's, or one sized for a board)
+//! with up to three spatial transformers, a dense layer, and DAC's constraint layer.
 //!
-//! The dissertation's table 3 and the authors' code differ; this follows the code where they do (as the
-//! project decided): no third max-pool (so the third block ends at 256 × 7 × 7), dropout 0.5 after the
-//! wide dense layer, and the second transformer on the 128 × 14 × 14 map before its pool. The wide
-//! layer's width is printed as 3096 and kept configurable. The printed "10 dense BN ReLU SoftMax" head is
-//! replaced, as in DAC, by a plain dense layer and the constraint layer.
+//! The printed "10 dense BN ReLU SoftMax" head is replaced, as in DAC, by a plain dense layer and the
+//! constraint layer. Convolutions, BatchNorms and samplers run through [`crate::ops`] (the trainer's
+//! own CPU kernels); the records are burn's modules, so the exporter reads them as they are.
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::edge::EdgeFeatures;
+use super::paper::PaperFeatures;
 use super::stn::SpatialTransformer;
+use crate::export::export_dense;
 use crate::export::onnx::Layer;
-use crate::export::{export_conv, export_dense};
+use crate::ops::{self, TrainOps};
 
 /// Where a spatial transformer sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum StnPosition {
     /// On the 1 × 28 × 28 input image.
     Input,
-    /// On the 128 × 14 × 14 map of the second block, before its pool.
+    /// On the 14 × 14 map of the second block (128 channels in the paper network, 64 in the edge one).
     Block2,
-    /// On the 256 × 7 × 7 map of the third block.
+    /// On the 7 × 7 map of the third block (256 channels in the paper network, 128 in the edge one).
     Block3,
+}
+
+/// Which network extracts the features the dense layers cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The dissertation's network (see [`PaperFeatures`]): 12,544 features flattened into a wide dense
+    /// layer; tens of millions of weights.
+    Paper,
+    /// A network sized for a board (see [`EdgeFeatures`]): five narrow convolutions and global average
+    /// pooling into 128 features; under 300,000 weights, none of its tensors above 1,048,576 values.
+    Edge,
+}
+
+impl Arch {
+    /// The width of the dense layer after the features, unless told otherwise.
+    pub fn default_dense_width(self) -> usize {
+        match self {
+            Arch::Paper => 3096,
+            Arch::Edge => 128,
+        }
+    }
 }
 
 #[derive(Config, Debug)]
 pub struct StDacConfig {
+    /// The feature network (configurations written before it existed are the paper's).
+    #[config(default = "Arch::Paper")]
+    pub arch: Arch,
     /// Clusters (the length of the output vector).
     #[config(default = 10)]
     pub clusters: usize,
@@ -43,9 +66,10 @@ pub struct StDacConfig {
     /// tanh on the localization nets' last layer, as in the dissertation.
     #[config(default = true)]
     pub stn_tanh: bool,
-    /// Width of the wide dense layer (printed as 3096 in the dissertation).
+    /// Width of the dense layer after the features (printed as 3096 in the dissertation).
     #[config(default = 3096)]
     pub dense_width: usize,
+    /// Dropout after the paper network's dense layer (the authors' 0.5; the edge network has none).
     #[config(default = 0.5)]
     pub dropout: f64,
 }
@@ -61,55 +85,50 @@ pub struct StDacOutput<B: Backend> {
     pub corrected: Option<Tensor<B, 4>>,
 }
 
+/// The feature network, one of [`Arch`].
+#[derive(Module, Debug)]
+pub enum Features<B: Backend> {
+    Paper(PaperFeatures<B>),
+    Edge(EdgeFeatures<B>),
+}
+
 #[derive(Module, Debug)]
 pub struct StDac<B: Backend> {
     stn_input: Option<SpatialTransformer<B>>,
-    conv1: Conv2d<B>,
-    bn1: BatchNorm<B>,
-    bn1_pool: BatchNorm<B>,
-    conv2: Conv2d<B>,
-    bn2: BatchNorm<B>,
-    stn_block2: Option<SpatialTransformer<B>>,
-    bn2_pool: BatchNorm<B>,
-    conv3: Conv2d<B>,
-    bn3: BatchNorm<B>,
-    stn_block3: Option<SpatialTransformer<B>>,
-    pool: MaxPool2d,
+    features: Features<B>,
     dense: Linear<B>,
     bn_dense: BatchNorm<B>,
-    dropout: Dropout,
+    dropout: Option<Dropout>,
     head: Linear<B>,
 }
 
 impl StDacConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> StDac<B> {
-        let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
-        let bn = |c| BatchNormConfig::new(c).init(device);
         let stn = |at, channels, size| {
             self.stn.contains(&at).then(|| SpatialTransformer::new(channels, size, self.stn_tanh, device))
         };
+        let (features, width) = match self.arch {
+            Arch::Paper => {
+                let f = PaperFeatures::new(stn(StnPosition::Block2, 128, 14), stn(StnPosition::Block3, 256, 7), device);
+                (Features::Paper(f), PaperFeatures::<B>::WIDTH)
+            }
+            Arch::Edge => {
+                let f = EdgeFeatures::new(stn(StnPosition::Block2, 64, 14), stn(StnPosition::Block3, 128, 7), device);
+                (Features::Edge(f), EdgeFeatures::<B>::WIDTH)
+            }
+        };
         StDac {
             stn_input: stn(StnPosition::Input, 1, 28),
-            conv1: conv(1, 64),
-            bn1: bn(64),
-            bn1_pool: bn(64),
-            conv2: conv(64, 128),
-            bn2: bn(128),
-            stn_block2: stn(StnPosition::Block2, 128, 14),
-            bn2_pool: bn(128),
-            conv3: conv(128, 256),
-            bn3: bn(256),
-            stn_block3: stn(StnPosition::Block3, 256, 7),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            dense: LinearConfig::new(256 * 7 * 7, self.dense_width).init(device),
-            bn_dense: bn(self.dense_width),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            features,
+            dense: LinearConfig::new(width, self.dense_width).init(device),
+            bn_dense: BatchNormConfig::new(self.dense_width).init(device),
+            dropout: (self.arch == Arch::Paper && self.dropout > 0.0).then(|| DropoutConfig::new(self.dropout).init()),
             head: LinearConfig::new(self.dense_width, self.clusters).init(device),
         }
     }
 }
 
-impl<B: Backend> StDac<B> {
+impl<B: TrainOps> StDac<B> {
     /// `images`: [N, 1, 28, 28], pixels in [0, 1].
     pub fn forward(&self, images: Tensor<B, 4>) -> StDacOutput<B> {
         self.forward_with(images, true)
@@ -125,55 +144,32 @@ impl<B: Backend> StDac<B> {
             }
             None => (images, None, None),
         };
-        let x = relu(self.bn1.forward(self.conv1.forward(x))); // [N, 64, 28, 28]
-        let x = self.bn1_pool.forward(self.pool.forward(x)); // [N, 64, 14, 14]
-        let mut x = relu(self.bn2.forward(self.conv2.forward(x))); // [N, 128, 14, 14]
-        if let Some(stn) = &self.stn_block2 {
-            x = stn.forward(x).0;
-        }
-        let x = self.bn2_pool.forward(self.pool.forward(x)); // [N, 128, 7, 7]
-        let mut x = relu(self.bn3.forward(self.conv3.forward(x))); // [N, 256, 7, 7]
-        if let Some(stn) = &self.stn_block3 {
-            x = stn.forward(x).0;
-        }
-        let x = relu(self.bn_dense.forward(self.dense.forward(x.flatten(1, 3)))); // [N, width]
-        let x = if dropout { self.dropout.forward(x) } else { x };
+        let x = match &self.features {
+            Features::Paper(f) => f.forward(x),
+            Features::Edge(f) => f.forward(x),
+        }; // [N, features]
+        let x = ops::batch_norm(&self.bn_dense, self.dense.forward(x), true); // [N, width]
+        let x = match (&self.dropout, dropout) {
+            (Some(d), true) => d.forward(x),
+            _ => x,
+        };
         let logits = self.head.forward(x); // [N, k]
         StDacOutput { embedding: constraint(logits), theta, corrected }
     }
 }
 
 impl<B: Backend> StDac<B> {
-    /// The network in evaluation mode as export layers: each BatchNorm folded into the convolution or
-    /// dense layer before it, except the two after the pools, which precede a zero-padded convolution
-    /// (folding them there would change the padded border) and stay per-channel affines; no dropout.
+    /// The network in evaluation mode as export layers (BatchNorm folded where it can be, no dropout).
     pub fn export_layers(&self) -> Vec<Layer> {
         let mut layers = Vec::new();
         if let Some(stn) = &self.stn_input {
             layers.push(stn.export_layer(28, 28));
         }
-        layers.extend([
-            folded(export_conv(&self.conv1), &self.bn1),
-            Layer::Relu,
-            Layer::MaxPool { size: 2 },
-            affine(&self.bn1_pool),
-            folded(export_conv(&self.conv2), &self.bn2),
-            Layer::Relu,
-        ]);
-        if let Some(stn) = &self.stn_block2 {
-            layers.push(stn.export_layer(14, 14));
+        match &self.features {
+            Features::Paper(f) => layers.extend(f.export_layers()),
+            Features::Edge(f) => layers.extend(f.export_layers()),
         }
         layers.extend([
-            Layer::MaxPool { size: 2 },
-            affine(&self.bn2_pool),
-            folded(export_conv(&self.conv3), &self.bn3),
-            Layer::Relu,
-        ]);
-        if let Some(stn) = &self.stn_block3 {
-            layers.push(stn.export_layer(7, 7));
-        }
-        layers.extend([
-            Layer::Flatten,
             folded(export_dense(&self.dense), &self.bn_dense),
             Layer::Relu,
             export_dense(&self.head),
@@ -193,14 +189,14 @@ fn batch_norm_affine<B: Backend>(bn: &BatchNorm<B>) -> (Vec<f32>, Vec<f32>) {
     (scale, shift)
 }
 
-fn affine<B: Backend>(bn: &BatchNorm<B>) -> Layer {
+pub(super) fn affine<B: Backend>(bn: &BatchNorm<B>) -> Layer {
     let (scale, shift) = batch_norm_affine(bn);
     Layer::ChannelAffine { scale, shift }
 }
 
 /// A convolution or dense layer followed by `bn`, as one layer: each output channel's weights scaled,
 /// its bias moved.
-fn folded<B: Backend>(layer: Layer, bn: &BatchNorm<B>) -> Layer {
+pub(super) fn folded<B: Backend>(layer: Layer, bn: &BatchNorm<B>) -> Layer {
     let (scale, shift) = batch_norm_affine(bn);
     match layer {
         Layer::Conv { weight, bias, channels, kernel, stride, padding } => {

@@ -11,7 +11,8 @@
 //!
 //! Sampling convention, the same in training and in the exported graph: `affine_grid_2d` normalises
 //! pixel centres so that -1 and 1 are the centres of the corner pixels (align_corners = true); bilinear
-//! interpolation; zeros outside the map.
+//! interpolation; zeros outside the map. The sampler is [`crate::ops::sampler`]'s, with analytic
+//! gradients to the map and to θ.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -19,12 +20,11 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::tanh;
 use burn::tensor::backend::Backend;
-use burn::tensor::grid::affine_grid_2d;
-use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 use burn::tensor::Tensor;
 
 use crate::export::onnx::Layer;
 use crate::export::{export_conv, export_dense};
+use crate::ops::{self, TrainOps};
 
 /// One stage of the localization net, sized for the map it receives.
 #[derive(Module, Debug)]
@@ -65,25 +65,6 @@ impl<B: Backend> SpatialTransformer<B> {
         SpatialTransformer { stages, hidden, theta, final_tanh }
     }
 
-    /// θ for each sample of `x` ([N, C, H, W]), as [N, 2, 3].
-    pub fn theta(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
-        let mut h = x;
-        for stage in &self.stages {
-            if let Some(pool) = &stage.pool {
-                h = pool.forward(h);
-            }
-            h = tanh(stage.conv.forward(h));
-        }
-        let h = tanh(self.hidden.forward(h.flatten(1, 3)));
-        let mut delta = self.theta.forward(h);
-        if self.final_tanh {
-            delta = tanh(delta);
-        }
-        let n = delta.dims()[0];
-        let identity = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &delta.device());
-        (delta + identity.unsqueeze::<2>()).reshape([n, 2, 3])
-    }
-
     /// The transformer on `height` × `width` maps as an export layer.
     pub fn export_layer(&self, height: usize, width: usize) -> Layer {
         let mut localization = Vec::new();
@@ -105,6 +86,27 @@ impl<B: Backend> SpatialTransformer<B> {
         }
         Layer::SpatialTransformer { localization, height, width }
     }
+}
+
+impl<B: TrainOps> SpatialTransformer<B> {
+    /// θ for each sample of `x` ([N, C, H, W]), as [N, 2, 3].
+    pub fn theta(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let mut h = x;
+        for stage in &self.stages {
+            if let Some(pool) = &stage.pool {
+                h = pool.forward(h);
+            }
+            h = tanh(ops::conv2d(&stage.conv, h));
+        }
+        let h = tanh(self.hidden.forward(h.flatten(1, 3)));
+        let mut delta = self.theta.forward(h);
+        if self.final_tanh {
+            delta = tanh(delta);
+        }
+        let n = delta.dims()[0];
+        let identity = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &delta.device());
+        (delta + identity.unsqueeze::<2>()).reshape([n, 2, 3])
+    }
 
     /// The transformed map and θ.
     pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 3>) {
@@ -114,12 +116,8 @@ impl<B: Backend> SpatialTransformer<B> {
 }
 
 /// Resamples `x` ([N, C, H, W]) through the affine `theta` ([N, 2, 3]) with the convention above.
-pub fn warp<B: Backend>(x: Tensor<B, 4>, theta: Tensor<B, 3>) -> Tensor<B, 4> {
-    let grid = affine_grid_2d(theta, x.dims());
-    let options = GridSampleOptions::new(InterpolateMode::Bilinear)
-        .with_padding_mode(GridSamplePaddingMode::Zeros)
-        .with_align_corners(true);
-    x.grid_sample_2d(grid, options)
+pub fn warp<B: TrainOps>(x: Tensor<B, 4>, theta: Tensor<B, 3>) -> Tensor<B, 4> {
+    ops::warp(x, theta)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::config::Config;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -23,6 +23,7 @@ use crate::backend::{self, Backend, TrainBackend};
 pub use crate::data::Protocol;
 use crate::data::{self, Dataset, Source, Split};
 use crate::metrics::Scores;
+use crate::ops::FusedAdam;
 use crate::run::{self, RunDir};
 
 /// What `family` a run's config.json holds (ST-DAC's configs predate the field: a run without one is
@@ -203,7 +204,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow:
     // burn draws initial weights and dropout masks from the backend's own generator: seed it too.
     <TrainBackend as burn::tensor::backend::Backend>::seed(&device, config.seed);
     let mut model: StDac<TrainBackend> = config.model.init(&device);
-    let mut optimizer = AdamConfig::new().init::<TrainBackend, StDac<TrainBackend>>();
+    let mut optimizer = FusedAdam::init::<TrainBackend, StDac<TrainBackend>>();
     let mut state = State { epochs_done: 0, lambda: 0.0 };
     if let Some(dir) = run.latest_checkpoint()? {
         (model, optimizer, state) = run::load_training(&dir, model, optimizer, &device)?;
