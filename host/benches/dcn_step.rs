@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use burn::optim::AdamConfig;
+use stdac::ops::FusedAdam;
 use stdac::autoencoder::train::{rows_tensor, train_step, State, FAMILY};
 use stdac::autoencoder::{AeTrainConfig, Architecture, Autoencoder, AutoencoderConfig, Kind};
 use stdac::backend::{self, TrainBackend};
@@ -45,7 +45,7 @@ fn main() {
     );
     <TrainBackend as burn::tensor::backend::Backend>::seed(&device, 0);
     let mut model: Autoencoder<TrainBackend> = model_config.init(&device);
-    let mut optimizer = AdamConfig::new().init::<TrainBackend, Autoencoder<TrainBackend>>();
+    let mut optimizer = FusedAdam::init::<TrainBackend, Autoencoder<TrainBackend>>();
     let rows: Vec<usize> = (0..n).collect();
     // Centroids as a trained run would start its joint phase: ten of the batch's own codes.
     let mut state = State { epochs_done: 0, centroids: vec![0.0; 100], counts: vec![100.0; 10] };

@@ -11,6 +11,8 @@
 //! - [`kmeans`]: k-means++ and Lloyd, deterministic and multi-threaded.
 //! - [`metrics`]: ACC, NMI, ARI, homogeneity, completeness, V-measure.
 //! - [`run`]: a training run's folder: configuration, metrics, checkpoints; shared by every family.
+//! - [`training`]: the one training loop (seeding, batches, records, checkpoints, resume) that every
+//!   family plugs its steps into.
 //! - [`pca`]: principal component analysis.
 //! - [`transport`]: the client of a board over a serial port.
 //! - [`local_device`]: the firmware run on this machine behind a pseudo-terminal.
@@ -53,4 +55,5 @@ pub mod run;
 pub mod selftest;
 pub mod st_dac;
 pub mod stream;
+pub mod training;
 pub mod transport;

@@ -3,7 +3,8 @@
 //!
 //! - [`model`]: dense and convolutional autoencoders, optionally variational.
 //! - [`loss`]: reconstruction error, sparsity, KL and k-means terms; the denoising corruption.
-//! - [`train`]: the training loop (DCN's joint phase included), codes, centroids and checkpoints.
+//! - [`train`]: training (the steps in the one training loop, DCN's joint phase included), codes,
+//!   centroids, loading a trained run.
 //! - [`eval`]: scores and figures of a trained run.
 //! - [`search`]: nearest training samples in the latent space.
 

@@ -5,22 +5,22 @@
 //! best kept) for the plain, sparse, denoising and variational kinds; DCN's own centroids once its joint
 //! phase has begun. Those centroids go into the checkpoint (they are what a board assigns with), the
 //! scored samples are assigned to the nearest one (by the board's own nearest-centroid code), and the
-//! epoch's record goes into `metrics.jsonl`.
+//! epoch's record goes into `metrics.jsonl`. This is the family's part of the one training loop
+//! ([`crate::training`]), which does the seeding, batches, records and checkpoints.
 //!
 //! DCN (Yang et al. 2017) pre-trains for `epochs`, seeds k-means on the codes, then for `dcn_epochs`
 //! alternates, batch by batch: one network step on reconstruction + (λ/2)·‖z − c(s)‖² with the
 //! assignments s fixed, then each sample's assignment to its nearest centroid, then each centroid moved
 //! toward its new members with a step of 1/(its running count).
 
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Instant;
 
 use burn::config::Config;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -32,7 +32,9 @@ use crate::backend::{self, Backend, TrainBackend};
 use crate::data::{self, Dataset, Protocol, Source};
 use crate::kmeans::{self, KMeansConfig};
 use crate::metrics::Scores;
+use crate::ops::FusedAdam;
 use crate::run::{self, RunDir};
+use crate::training::{self, EpochEnd, EpochMetrics, ResumeState, TrainingTask};
 
 /// What a run's `config.json` says its family is, so `stdac eval` knows how to read it.
 pub const FAMILY: &str = "autoencoder";
@@ -274,97 +276,154 @@ pub fn update_centroids(state: &mut State, codes: &[f32], latent: usize) {
     }
 }
 
-/// Trains (or resumes) the run in `run`.
+/// Trains (or resumes) the run in `run`, in the one training loop.
 pub fn train(config: &AeTrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow::Result<()> {
-    let device = backend::device()?;
-    let (train_set, eval_set) = config.datasets(data)?;
-    <TrainBackend as burn::tensor::backend::Backend>::seed(&device, config.seed);
-    let mut model: Autoencoder<TrainBackend> = config.model.init(&device);
-    let mut optimizer = AdamConfig::new().init::<TrainBackend, Autoencoder<TrainBackend>>();
-    let mut state = State { epochs_done: 0, centroids: Vec::new(), counts: Vec::new() };
-    if let Some(dir) = run.latest_checkpoint()? {
-        (model, optimizer, state) = run::load_training(&dir, model, optimizer, &device)?;
-        eprintln!("resuming {} after epoch {}", run.path().display(), state.epochs_done);
-    }
-    eprintln!(
-        "training a {} on {} ({} × {}), scoring on {} ({} samples), backend {}",
-        config.kind.name(),
-        train_set.name,
-        train_set.len(),
-        train_set.dim,
-        eval_set.name,
-        eval_set.len(),
-        backend::NAME
-    );
-    let total = config.total_epochs();
-    for epoch in state.epochs_done..total {
-        let joint = config.kind == Kind::Dcn && epoch >= config.epochs;
-        if joint && state.counts.is_empty() {
-            // DCN's joint phase begins: seed its centroids with k-means on the pre-trained codes.
-            let codes = encode_all(&model.valid(), &train_set, &device);
-            state.centroids = kmeans_centroids(&codes, config);
-            state.counts = vec![DCN_INITIAL_COUNT; config.clusters];
-        }
-        let started = Instant::now();
-        let seed = run::epoch_seed(config.seed, epoch);
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut rng);
-        let batches: Vec<&[usize]> = order.chunks(config.batch).collect();
-        let progress = run::epoch_progress(epoch, total, batches.len());
-        let mut sums = [0.0f64; 4];
-        let mut seen = 0usize;
-        for (b, rows) in batches.iter().enumerate() {
-            let clean = rows_tensor::<TrainBackend>(&train_set, rows, &device);
-            let step;
-            (model, step) = train_step(model, &mut optimizer, clean, config, joint.then_some(&mut state));
-            let n = rows.len() as f64;
-            for (sum, v) in
-                sums.iter_mut().zip([step.loss, step.reconstruction, step.regulariser, step.clustering])
-            {
-                *sum += v * n;
-            }
-            seen += rows.len();
-            progress.set_position(b as u64 + 1);
-            progress.set_message(format!(
-                "loss {:.4} {:.0} samples/s",
-                sums[0] / seen as f64,
-                seen as f64 / started.elapsed().as_secs_f64()
-            ));
-        }
-        progress.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
+    training::train(&mut AutoencoderTask::new(config, data)?, run)
+}
 
-        let inference = model.valid();
-        if !joint {
-            let codes = encode_all(&inference, &train_set, &device);
-            state.centroids = kmeans_centroids(&codes, config);
-        }
-        let codes = encode_all(&inference, &eval_set, &device);
-        let clusters = assign(&codes, &state.centroids(config.model.latent));
-        let scores = score(&eval_set, &clusters);
-        let mean = |i: usize| sums[i] / seen.max(1) as f64;
-        let record = json!({
-            "epoch": epoch + 1,
-            "phase": if joint { "joint" } else if config.kind == Kind::Dcn { "pretrain" } else { "train" },
-            "loss": mean(0),
-            "reconstruction": mean(1),
-            "regulariser": mean(2),
-            "clustering": mean(3),
-            "samples_per_s": seen as f64 / train_seconds,
-            "train_seconds": train_seconds,
-            "eval_split": eval_set.name,
-            "acc": scores.as_ref().map(|s| s.acc),
-            "nmi": scores.as_ref().map(|s| s.nmi),
-            "ari": scores.as_ref().map(|s| s.ari),
-        });
-        eprintln!("{record}");
-        run.record_epoch(&record)?;
-        state.epochs_done = epoch + 1;
-        run.checkpoint(state.epochs_done, |dir| run::save_training(dir, &model, &optimizer, config, &state))?;
+/// The autoencoders' part of [`training::train`]: their steps, DCN's joint phase, the centroids and
+/// scores after every epoch.
+struct AutoencoderTask<'a> {
+    config: &'a AeTrainConfig,
+    device: backend::Device,
+    train_set: Dataset,
+    eval_set: Dataset,
+    /// Whether the epoch in progress is in DCN's joint phase.
+    joint: bool,
+}
+
+impl<'a> AutoencoderTask<'a> {
+    fn new(config: &'a AeTrainConfig, data: Option<&Path>) -> anyhow::Result<AutoencoderTask<'a>> {
+        let device = backend::device()?;
+        let (train_set, eval_set) = config.datasets(data)?;
+        Ok(AutoencoderTask { config, device, train_set, eval_set, joint: false })
     }
-    Ok(())
+}
+
+impl ResumeState for State {
+    fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+    fn set_epochs_done(&mut self, epochs: usize) {
+        self.epochs_done = epochs;
+    }
+}
+
+impl TrainingTask for AutoencoderTask<'_> {
+    type Model = Autoencoder<TrainBackend>;
+    type Optimizer = OptimizerAdaptor<FusedAdam, Autoencoder<TrainBackend>, TrainBackend>;
+    type State = State;
+    type Config = AeTrainConfig;
+
+    const METRICS: &'static [&'static str] = &["loss", "reconstruction", "regulariser", "clustering"];
+    const RATE_FIELD: &'static str = "samples_per_s";
+
+    fn config(&self) -> &AeTrainConfig {
+        self.config
+    }
+    fn device(&self) -> &backend::Device {
+        &self.device
+    }
+    fn seed(&self) -> u64 {
+        self.config.seed
+    }
+    fn epochs(&self) -> usize {
+        self.config.total_epochs()
+    }
+    fn batch_size(&self) -> usize {
+        self.config.batch
+    }
+    fn training_samples(&self) -> usize {
+        self.train_set.len()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "training a {} on {} ({} × {}), scoring on {} ({} samples), backend {}",
+            self.config.kind.name(),
+            self.train_set.name,
+            self.train_set.len(),
+            self.train_set.dim,
+            self.eval_set.name,
+            self.eval_set.len(),
+            backend::NAME
+        )
+    }
+
+    fn init_model(&self) -> Autoencoder<TrainBackend> {
+        self.config.model.init(&self.device)
+    }
+    fn init_optimizer(&self) -> Self::Optimizer {
+        FusedAdam::init()
+    }
+    fn initial_state(&self) -> State {
+        State { epochs_done: 0, centroids: Vec::new(), counts: Vec::new() }
+    }
+
+    fn start_epoch(
+        &mut self,
+        epoch: usize,
+        model: &Autoencoder<TrainBackend>,
+        state: &mut State,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        self.joint = self.config.kind == Kind::Dcn && epoch >= self.config.epochs;
+        if self.joint && state.counts.is_empty() {
+            // DCN's joint phase begins: seed its centroids with k-means on the pre-trained codes.
+            let codes = encode_all(&model.valid(), &self.train_set, &self.device);
+            state.centroids = kmeans_centroids(&codes, self.config);
+            state.counts = vec![DCN_INITIAL_COUNT; self.config.clusters];
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    fn step(
+        &mut self,
+        model: Autoencoder<TrainBackend>,
+        optimizer: &mut Self::Optimizer,
+        state: &mut State,
+        rows: &[usize],
+        _: &mut ChaCha8Rng,
+    ) -> (Autoencoder<TrainBackend>, Vec<f64>) {
+        // Its randomness (the corruption, a VAE's sampling) comes from the backend's generator, which the
+        // loop seeds every epoch.
+        let clean = rows_tensor::<TrainBackend>(&self.train_set, rows, &self.device);
+        let (model, step) = train_step(model, optimizer, clean, self.config, self.joint.then_some(state));
+        (model, vec![step.loss, step.reconstruction, step.regulariser, step.clustering])
+    }
+
+    fn progress_message(&self, metrics: &EpochMetrics, samples_per_s: f64) -> String {
+        format!("loss {:.4} {:.0} samples/s", metrics.mean("loss"), samples_per_s)
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &Autoencoder<TrainBackend>,
+        state: &mut State,
+        metrics: &EpochMetrics,
+    ) -> anyhow::Result<EpochEnd> {
+        let inference = model.valid();
+        if !self.joint {
+            let codes = encode_all(&inference, &self.train_set, &self.device);
+            state.centroids = kmeans_centroids(&codes, self.config);
+        }
+        let codes = encode_all(&inference, &self.eval_set, &self.device);
+        let clusters = assign(&codes, &state.centroids(self.config.model.latent));
+        let phase = match (self.joint, self.config.kind) {
+            (true, _) => "joint",
+            (false, Kind::Dcn) => "pretrain",
+            (false, _) => "train",
+        };
+        Ok(EpochEnd {
+            fields: json!({
+                "phase": phase,
+                "loss": metrics.mean("loss"),
+                "reconstruction": metrics.mean("reconstruction"),
+                "regulariser": metrics.mean("regulariser"),
+                "clustering": metrics.mean("clustering"),
+            }),
+            eval_split: self.eval_set.name.clone(),
+            scores: score(&self.eval_set, &clusters),
+        })
+    }
 }
 
 /// The scores of `clusters` against `d`'s labels, when it has them.

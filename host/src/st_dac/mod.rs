@@ -6,7 +6,7 @@
 //! - [`augment`]: random affine augmentation through the transformer's sampler.
 //! - [`loss`]: DAC*'s pair selection and loss.
 //! - [`stn`]: the spatial transformer.
-//! - [`train`]: the DAC* training loop, prediction and checkpoints.
+//! - [`train`]: DAC* training (its steps in the one training loop), prediction, loading a trained run.
 //! - [`eval`]: scores and figures of a trained run.
 
 pub mod augment;

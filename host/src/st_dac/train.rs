@@ -1,17 +1,18 @@
 //! Training ST-DAC with DAC*: per batch, label pairs from the network's predictions on the clean images,
-//! then take one Adam step on the pair loss of its outputs for augmented copies. After every epoch:
-//! score the evaluation split, append the record to `metrics.jsonl`, checkpoint.
+//! then take one Adam step on the pair loss of its outputs for augmented copies. After every epoch the
+//! evaluation split is scored. This is ST-DAC's part of the one training loop ([`crate::training`]),
+//! which does the seeding, batches, records and checkpoints.
 
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Context;
 use burn::config::Config;
 use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,6 +26,7 @@ use crate::data::{self, Dataset, Source, Split};
 use crate::metrics::Scores;
 use crate::ops::FusedAdam;
 use crate::run::{self, RunDir};
+use crate::training::{self, EpochEnd, EpochMetrics, ResumeState, TrainingTask};
 
 /// What `family` a run's config.json holds (ST-DAC's configs predate the field: a run without one is
 /// ST-DAC's).
@@ -191,103 +193,163 @@ pub fn train_step<O: Optimizer<StDac<TrainBackend>, TrainBackend>>(
     )
 }
 
-/// Trains (or resumes) the run in `run`.
+/// Trains (or resumes) the run in `run`, in the one training loop.
 pub fn train(config: &TrainConfig, run: &RunDir, data: Option<&Path>) -> anyhow::Result<()> {
-    let device = backend::device()?;
-    let eval_set = config.scored_images(data)?;
-    let train_set = match config.protocol {
-        // A transductive run scores the very images it trains on: load them once.
-        Protocol::Transductive => eval_set.clone(),
-        Protocol::HeldOut => config.training_images(data)?,
-    };
+    training::train(&mut StDacTask::new(config, data)?, run)
+}
 
-    // burn draws initial weights and dropout masks from the backend's own generator: seed it too.
-    <TrainBackend as burn::tensor::backend::Backend>::seed(&device, config.seed);
-    let mut model: StDac<TrainBackend> = config.model.init(&device);
-    let mut optimizer = FusedAdam::init::<TrainBackend, StDac<TrainBackend>>();
-    let mut state = State { epochs_done: 0, lambda: 0.0 };
-    if let Some(dir) = run.latest_checkpoint()? {
-        (model, optimizer, state) = run::load_training(&dir, model, optimizer, &device)?;
-        eprintln!("resuming {} after epoch {}", run.path().display(), state.epochs_done);
+/// ST-DAC's part of [`training::train`]: DAC* steps, the learned-λ schedule, scores after every epoch.
+struct StDacTask<'a> {
+    config: &'a TrainConfig,
+    device: backend::Device,
+    train_set: Dataset,
+    eval_set: Dataset,
+    /// The epoch in progress (the thresholds depend on it).
+    epoch: usize,
+    /// The thresholds of the latest step (of the epoch's start before any): the record's and the
+    /// progress bar's.
+    thresholds: Thresholds,
+}
+
+impl<'a> StDacTask<'a> {
+    fn new(config: &'a TrainConfig, data: Option<&Path>) -> anyhow::Result<StDacTask<'a>> {
+        let device = backend::device()?;
+        let eval_set = config.scored_images(data)?;
+        let train_set = match config.protocol {
+            // A transductive run scores the very images it trains on: load them once.
+            Protocol::Transductive => eval_set.clone(),
+            Protocol::HeldOut => config.training_images(data)?,
+        };
+        let thresholds = config.schedule.thresholds(0, 0.0);
+        Ok(StDacTask { config, device, train_set, eval_set, epoch: 0, thresholds })
+    }
+}
+
+impl ResumeState for State {
+    fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+    fn set_epochs_done(&mut self, epochs: usize) {
+        self.epochs_done = epochs;
+    }
+}
+
+impl TrainingTask for StDacTask<'_> {
+    type Model = StDac<TrainBackend>;
+    type Optimizer = OptimizerAdaptor<FusedAdam, StDac<TrainBackend>, TrainBackend>;
+    type State = State;
+    type Config = TrainConfig;
+
+    const METRICS: &'static [&'static str] = &["loss", "selected", "positive"];
+    const RATE_FIELD: &'static str = "images_per_s";
+    // DAC* learns from pairs: a batch of one image has none.
+    const SMALLEST_BATCH: usize = 2;
+
+    fn config(&self) -> &TrainConfig {
+        self.config
+    }
+    fn device(&self) -> &backend::Device {
+        &self.device
+    }
+    fn seed(&self) -> u64 {
+        self.config.seed
+    }
+    fn epochs(&self) -> usize {
+        self.config.epochs
+    }
+    fn batch_size(&self) -> usize {
+        self.config.batch
+    }
+    fn training_samples(&self) -> usize {
+        self.train_set.len()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "training ST-DAC ({} STN) on {} ({} images), scoring on {} ({} images), backend {}",
+            self.config.model.stn.len(),
+            self.train_set.name,
+            self.train_set.len(),
+            self.eval_set.name,
+            self.eval_set.len(),
+            backend::NAME
+        )
     }
 
-    eprintln!(
-        "training ST-DAC ({} STN) on {} ({} images), scoring on {} ({} images), backend {}",
-        config.model.stn.len(),
-        train_set.name,
-        train_set.len(),
-        eval_set.name,
-        eval_set.len(),
-        backend::NAME
-    );
-    for epoch in state.epochs_done..config.epochs {
-        if config.schedule.finished(state.lambda) {
+    fn init_model(&self) -> StDac<TrainBackend> {
+        self.config.model.init(&self.device)
+    }
+    fn init_optimizer(&self) -> Self::Optimizer {
+        FusedAdam::init()
+    }
+    fn initial_state(&self) -> State {
+        State { epochs_done: 0, lambda: 0.0 }
+    }
+
+    fn start_epoch(
+        &mut self,
+        epoch: usize,
+        _: &StDac<TrainBackend>,
+        state: &mut State,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        if self.config.schedule.finished(state.lambda) {
             eprintln!("the learned thresholds have met: training is complete");
-            break;
+            return Ok(ControlFlow::Break(()));
         }
-        let started = Instant::now();
-        // Each epoch's randomness (order, augmentation, dropout) depends only on the seed and the epoch,
-        // so a resumed run draws what an uninterrupted one would have.
-        let epoch_seed = run::epoch_seed(config.seed, epoch);
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, epoch_seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed);
-        let mut order: Vec<usize> = (0..train_set.len()).collect();
-        order.shuffle(&mut rng);
-        let batches: Vec<&[usize]> = order.chunks(config.batch).filter(|b| b.len() >= 2).collect();
-
-        let progress = run::epoch_progress(epoch, config.epochs, batches.len());
-        let (mut loss_sum, mut selected_sum, mut positive_sum, mut seen) = (0.0, 0.0, 0.0, 0usize);
-        let mut batch_losses = Vec::with_capacity(batches.len());
-        let mut thresholds = config.schedule.thresholds(epoch, state.lambda);
-        for (b, rows) in batches.iter().enumerate() {
-            thresholds = config.schedule.thresholds(epoch, state.lambda);
-            let clean = batch_tensor::<Backend>(&train_set, rows, &device);
-            let step;
-            (model, step) = train_step(model, &mut optimizer, clean, config, thresholds, &mut rng);
-            state.lambda = config.schedule.step_lambda(state.lambda);
-
-            batch_losses.push(step.loss);
-            loss_sum += step.loss * rows.len() as f64;
-            selected_sum += step.selected * rows.len() as f64;
-            positive_sum += step.positive * rows.len() as f64;
-            seen += rows.len();
-            progress.set_position(b as u64 + 1);
-            progress.set_message(format!(
-                "loss {:.4} selected {:.1}% positive {:.1}% u/l {:.3}/{:.3} {:.0} img/s",
-                loss_sum / seen as f64,
-                100.0 * selected_sum / seen as f64,
-                100.0 * positive_sum / seen as f64,
-                thresholds.upper,
-                thresholds.lower,
-                seen as f64 / started.elapsed().as_secs_f64()
-            ));
-        }
-        progress.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
-        let scores = score(&model.valid(), &eval_set, &device)?;
-        let record = json!({
-            "epoch": epoch + 1,
-            "loss": loss_sum / seen.max(1) as f64,
-            // Whether the loss falls within the epoch, for runs too short to compare epochs.
-            "loss_first_quarter": quarter_mean(&batch_losses, false),
-            "loss_last_quarter": quarter_mean(&batch_losses, true),
-            "selected": selected_sum / seen.max(1) as f64,
-            "positive": positive_sum / seen.max(1) as f64,
-            "upper": thresholds.upper,
-            "lower": thresholds.lower,
-            "images_per_s": seen as f64 / train_seconds,
-            "train_seconds": train_seconds,
-            "eval_split": eval_set.name,
-            "acc": scores.acc,
-            "nmi": scores.nmi,
-            "ari": scores.ari,
-        });
-        eprintln!("{record}");
-        run.record_epoch(&record)?;
-        state.epochs_done = epoch + 1;
-        run.checkpoint(state.epochs_done, |dir| run::save_training(dir, &model, &optimizer, config, &state))?;
+        self.epoch = epoch;
+        self.thresholds = self.config.schedule.thresholds(epoch, state.lambda);
+        Ok(ControlFlow::Continue(()))
     }
-    Ok(())
+
+    fn step(
+        &mut self,
+        model: StDac<TrainBackend>,
+        optimizer: &mut Self::Optimizer,
+        state: &mut State,
+        rows: &[usize],
+        rng: &mut ChaCha8Rng,
+    ) -> (StDac<TrainBackend>, Vec<f64>) {
+        self.thresholds = self.config.schedule.thresholds(self.epoch, state.lambda);
+        let clean = batch_tensor::<Backend>(&self.train_set, rows, &self.device);
+        let (model, step) = train_step(model, optimizer, clean, self.config, self.thresholds, rng);
+        state.lambda = self.config.schedule.step_lambda(state.lambda);
+        (model, vec![step.loss, step.selected, step.positive])
+    }
+
+    fn progress_message(&self, metrics: &EpochMetrics, images_per_s: f64) -> String {
+        format!(
+            "loss {:.4} selected {:.1}% positive {:.1}% u/l {:.3}/{:.3} {:.0} img/s",
+            metrics.mean("loss"),
+            100.0 * metrics.mean("selected"),
+            100.0 * metrics.mean("positive"),
+            self.thresholds.upper,
+            self.thresholds.lower,
+            images_per_s
+        )
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &StDac<TrainBackend>,
+        _: &mut State,
+        metrics: &EpochMetrics,
+    ) -> anyhow::Result<EpochEnd> {
+        let scores = score(&model.valid(), &self.eval_set, &self.device)?;
+        let batch_losses = metrics.per_batch("loss");
+        Ok(EpochEnd {
+            fields: json!({
+                "loss": metrics.mean("loss"),
+                // Whether the loss falls within the epoch, for runs too short to compare epochs.
+                "loss_first_quarter": quarter_mean(&batch_losses, false),
+                "loss_last_quarter": quarter_mean(&batch_losses, true),
+                "selected": metrics.mean("selected"),
+                "positive": metrics.mean("positive"),
+                "upper": self.thresholds.upper,
+                "lower": self.thresholds.lower,
+            }),
+            eval_split: self.eval_set.name.clone(),
+            scores: Some(scores),
+        })
+    }
 }
 
 /// Mean of the first (or last) quarter of `values`, at least one of them; NaN when there are none.
