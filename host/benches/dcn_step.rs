@@ -11,11 +11,11 @@
 
 use std::time::Instant;
 
-use stdac::ops::FusedAdam;
 use stdac::autoencoder::train::{rows_tensor, train_step, State, FAMILY};
 use stdac::autoencoder::{AeTrainConfig, Architecture, Autoencoder, AutoencoderConfig, Kind};
 use stdac::backend::{self, TrainBackend};
 use stdac::data::{self, Protocol, Source, Split};
+use stdac::ops::FusedAdam;
 
 #[path = "common/torch_peer.rs"]
 mod torch_peer;

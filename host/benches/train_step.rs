@@ -43,6 +43,7 @@ fn steps(batch: usize) -> usize {
 
 /// What our side of one case measured.
 struct Measured {
+    weights: usize,
     step_ms: f64,
     images_per_s: f64,
     peak_rss_mib: Option<f64>,
@@ -56,8 +57,16 @@ fn arch_name(arch: Arch) -> &'static str {
 }
 
 fn config(arch: Arch, batch: usize) -> TrainConfig {
-    let model = StDacConfig::new().with_arch(arch).with_stn(STN.to_vec()).with_dense_width(arch.default_dense_width());
-    let schedule = Schedule { selection: Selection::Code, start: Thresholds { upper: 0.99, lower: 0.8 }, epochs: 10, eta: 0.0 };
+    let model = StDacConfig::new()
+        .with_arch(arch)
+        .with_stn(STN.to_vec())
+        .with_dense_width(arch.default_dense_width());
+    let schedule = Schedule {
+        selection: Selection::Code,
+        start: Thresholds { upper: 0.99, lower: 0.8 },
+        epochs: 10,
+        eta: 0.0,
+    };
     TrainConfig::new(model, "mnist".into(), Protocol::HeldOut, 1, batch, schedule, 10.0, Augmentation::MNIST)
 }
 
@@ -66,6 +75,7 @@ fn measure(mnist: &Dataset, arch: Arch, batch: usize, steps: usize) -> Measured 
     let device = backend::device().expect("a compute device");
     let config = config(arch, batch);
     let mut model: StDac<TrainBackend> = config.model.init(&device);
+    let weights = burn::module::Module::num_params(&model);
     let mut optimizer = FusedAdam::init::<TrainBackend, StDac<TrainBackend>>();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let rows: Vec<usize> = (0..batch).collect();
@@ -81,6 +91,7 @@ fn measure(mnist: &Dataset, arch: Arch, batch: usize, steps: usize) -> Measured 
     }
     let seconds = started.elapsed().as_secs_f64() / steps as f64;
     Measured {
+        weights,
         step_ms: 1e3 * seconds,
         images_per_s: batch as f64 / seconds,
         peak_rss_mib: machine::vm_hwm_kib().map(|k| k as f64 / 1024.0),
@@ -101,6 +112,7 @@ fn measure_in_child(arch: Arch, batch: usize) -> Result<Measured, String> {
     }
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
     Ok(Measured {
+        weights: v["weights"].as_u64().ok_or("no weights")? as usize,
         step_ms: v["step_ms"].as_f64().ok_or("no step_ms")?,
         images_per_s: v["images_per_s"].as_f64().ok_or("no images_per_s")?,
         peak_rss_mib: v["peak_rss_mib"].as_f64(),
@@ -110,7 +122,8 @@ fn measure_in_child(arch: Arch, batch: usize) -> Result<Measured, String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
-    let case = args.iter().position(|a| a == "--case").map(|i| (args[i + 1].clone(), args[i + 2].parse::<usize>()));
+    let case =
+        args.iter().position(|a| a == "--case").map(|i| (args[i + 1].clone(), args[i + 2].parse::<usize>()));
     let n = match &case {
         Some((_, Ok(batch))) => *batch,
         _ if full => 256,
@@ -126,20 +139,31 @@ fn main() {
     if let Some((arch, Ok(batch))) = case {
         let arch = if arch == "edge" { Arch::Edge } else { Arch::Paper };
         let m = measure(&mnist, arch, batch, steps(batch));
-        println!("{}", json!({"step_ms": m.step_ms, "images_per_s": m.images_per_s, "peak_rss_mib": m.peak_rss_mib}));
+        println!(
+            "{}",
+            json!({"weights": m.weights, "step_ms": m.step_ms, "images_per_s": m.images_per_s, "peak_rss_mib": m.peak_rss_mib})
+        );
         return;
     }
     if !full {
         for arch in [Arch::Edge, Arch::Paper] {
             let m = measure(&mnist, arch, n, 1);
-            println!("ST-DAC {} 2 STN, batch {n}, {}: {:.1} ms/step", arch_name(arch), backend::NAME, m.step_ms);
+            println!(
+                "ST-DAC {} 2 STN, batch {n}, {}: {:.1} ms/step",
+                arch_name(arch),
+                backend::NAME,
+                m.step_ms
+            );
         }
         return;
     }
 
     let cpu = machine::cpu_description();
     let load = std::fs::read_to_string("/proc/loadavg").ok();
-    println!("CPU: {cpu}; 1-minute load at start: {}", load.as_deref().and_then(|l| l.split(' ').next()).unwrap_or("?"));
+    println!(
+        "CPU: {cpu}; 1-minute load at start: {}",
+        load.as_deref().and_then(|l| l.split(' ').next()).unwrap_or("?")
+    );
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let mut lines = Vec::new();
     for arch in [Arch::Edge, Arch::Paper] {
@@ -153,14 +177,22 @@ fn main() {
                 }
             };
             println!(
-                "ST-DAC {name} 2 STN, batch {batch}, {}: {:.1} ms/step, {:.1} images/s, peak RSS {:.0} MiB",
+                "ST-DAC {name} 2 STN ({} weights), batch {batch}, {}: {:.1} ms/step, {:.1} images/s, peak RSS {:.0} MiB",
+                ours.weights,
                 backend::NAME,
                 ours.step_ms,
                 ours.images_per_s,
                 ours.peak_rss_mib.unwrap_or(f64::NAN)
             );
             let images = &mnist.features[..batch * 784];
-            let peer = torch_peer::run("st_dac_step.py", images, batch, steps(batch), threads, &[name, "input,block2"]);
+            let peer = torch_peer::run(
+                "st_dac_step.py",
+                images,
+                batch,
+                steps(batch),
+                threads,
+                &[name, "input,block2"],
+            );
             let (theirs, their_rss) = match &peer {
                 Ok(p) => {
                     println!(
@@ -187,6 +219,7 @@ fn main() {
                 "arch": name,
                 "stn": 2,
                 "batch": batch,
+                "weights": ours.weights,
                 "ours_img_s": ours.images_per_s,
                 "pytorch_img_s": theirs,
                 "ratio": ratio,

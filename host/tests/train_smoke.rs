@@ -107,3 +107,28 @@ fn a_small_run_learns_records_checkpoints_resumes_repeats_and_evaluates() {
         assert!((norm - 1.0).abs() < 1e-5 && row.iter().all(|&v| v >= 0.0), "not a unit vector: {row:?}");
     }
 }
+
+/// The edge network (issue 14) trains one epoch the same way: the loss falls within it, the record and
+/// the checkpoint carry the architecture, and `stdac eval` scores it.
+#[test]
+fn a_one_epoch_run_of_the_edge_network_learns_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("edge");
+    let out = out.to_str().unwrap();
+    let args = ["train", "--dataset", "mnist", "--arch", "edge", "--stn", "input,block2", "--limit", "256"];
+    let run = stdac(&[&args[..], &["--epochs", "1", "--out", out]].concat());
+    assert!(run.status.success(), "stderr: {}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(dir.path().join("edge/metrics.jsonl")).unwrap();
+    let epoch: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let get = |key: &str| epoch[key].as_f64().unwrap();
+    assert!(get("loss_last_quarter") < get("loss_first_quarter"), "the loss falls within the epoch: {text}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("edge/config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["arch"], "edge");
+    assert_eq!(config["model"]["dense_width"], 128, "the edge network's own default width");
+    let eval = stdac(&["eval", "--checkpoint", out]);
+    assert!(eval.status.success(), "stderr: {}", String::from_utf8_lossy(&eval.stderr));
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    let scores: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(scores["acc"].as_f64(), epoch["acc"].as_f64(), "eval agrees with the epoch's record");
+}

@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn tract_on_two_threads_computes_what_it_computes_on_one() {
-        let (model, images) = st_dac(vec![st_dac::StnPosition::Input]);
+        let (model, images) = st_dac(st_dac::Arch::Paper, vec![st_dac::StnPosition::Input]);
         let input = input_of(784, Some((28, 28)));
         let graph = onnx::encode(&graph(&model.export_layers(), &input, 10, None));
         let one = onnx::run_with_tract(&graph, &input.dims, 64, images.clone()).unwrap();
@@ -478,13 +478,16 @@ mod tests {
     }
 
     /// An ST-DAC network with `stn` whose BatchNorm statistics come from a few batches of real images.
-    fn st_dac(stn: Vec<st_dac::StnPosition>) -> (st_dac::StDac<Cpu>, Vec<f32>) {
+    fn st_dac(arch: st_dac::Arch, stn: Vec<st_dac::StnPosition>) -> (st_dac::StDac<Cpu>, Vec<f32>) {
         use crate::backend::TrainBackend;
         use burn::module::{AutodiffModule, Module};
         let device = Default::default();
         <TrainBackend as Backend>::seed(&device, 5);
-        let model =
-            st_dac::StDacConfig::new().with_stn(stn).with_dense_width(32).init::<TrainBackend>(&device);
+        let model = st_dac::StDacConfig::new()
+            .with_arch(arch)
+            .with_stn(stn)
+            .with_dense_width(32)
+            .init::<TrainBackend>(&device);
         let model = model.map(&mut Jitter);
         let images =
             crate::data::load(&crate::data::Source::Mnist, Some(crate::data::Split::Test), Some(64), None)
@@ -503,9 +506,17 @@ mod tests {
     fn st_dac_graphs_compute_what_burn_computes_with_every_transformer() {
         use st_dac::StnPosition::*;
         let device = Default::default();
-        for stn in [vec![], vec![Input], vec![Input, Block2, Block3]] {
+        use st_dac::Arch::{Edge, Paper};
+        let cases = [
+            (Paper, vec![]),
+            (Paper, vec![Input]),
+            (Paper, vec![Input, Block2, Block3]),
+            (Edge, vec![]),
+            (Edge, vec![Input, Block2, Block3]),
+        ];
+        for (arch, stn) in cases {
             let with_input = stn.contains(&Input);
-            let (model, images) = st_dac(stn.clone());
+            let (model, images) = st_dac(arch, stn.clone());
             let n = 16;
             let x = Tensor::<Cpu, 4>::from_data(
                 burn::tensor::TensorData::new(images[..n * 784].to_vec(), [n, 1, 28, 28]),
@@ -537,7 +548,7 @@ mod tests {
     #[test]
     fn the_int8_graph_runs_its_weighted_layers_as_integer_operators_and_stays_close() {
         use st_dac::StnPosition::*;
-        let (model, images) = st_dac(vec![Input, Block2]);
+        let (model, images) = st_dac(st_dac::Arch::Paper, vec![Input, Block2]);
         let layers = model.export_layers();
         let input = input_of(784, Some((28, 28)));
         let calibration = quantize::calibrate(&layers, &input, &images[..32 * 784], 32).unwrap();

@@ -55,7 +55,8 @@ impl<B: TrainOps> SimpleOptimizer<B> for FusedAdam {
             Some(s) => (s.momentum.time + 1, Some((s.momentum.moment_1, s.momentum.moment_2))),
             None => (1, None),
         };
-        let step = AdamStep { lr: lr as f32, beta_1: self.beta_1, beta_2: self.beta_2, epsilon: self.epsilon, time };
+        let step =
+            AdamStep { lr: lr as f32, beta_1: self.beta_1, beta_2: self.beta_2, epsilon: self.epsilon, time };
         let (param, m, v) = B::adam_step(tensor, grad, moments, step);
         (param, Some(AdamState::new(AdaptiveMomentumState::new(time, m, v))))
     }
@@ -161,7 +162,10 @@ mod tests {
             let g = GradientsParams::from_grads(loss(&theirs).backward(), &theirs);
             theirs = adam.step(1e-2, theirs, g);
         }
-        ours.weight.val().into_data().assert_approx_eq::<f32>(&theirs.weight.val().into_data(), Tolerance::absolute(1e-6));
+        ours.weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.weight.val().into_data(), Tolerance::absolute(1e-6));
         // The saved state has the layout of burn's Adam: a checkpoint written by it resumes here.
         use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
         let dir = tempfile::tempdir().unwrap();
@@ -169,8 +173,14 @@ mod tests {
         recorder.record(adam.to_record(), dir.path().join("optimizer")).unwrap();
         let record = recorder.load(dir.path().join("optimizer"), &device).expect("burn's Adam record loads");
         let mut resumed = FusedAdam::init::<Ad, Linear<Ad>>().load_record(record);
-        let grads = |m: &Linear<Ad>| GradientsParams::from_grads(m.forward(x.clone()).powf_scalar(2.0).mean().backward(), m);
-        let (a, b) = (resumed.step(1e-2, ours.clone(), grads(&ours)), fused.step(1e-2, ours.clone(), grads(&ours)));
-        a.weight.val().into_data().assert_approx_eq::<f32>(&b.weight.val().into_data(), Tolerance::absolute(1e-7));
+        let grads = |m: &Linear<Ad>| {
+            GradientsParams::from_grads(m.forward(x.clone()).powf_scalar(2.0).mean().backward(), m)
+        };
+        let (a, b) =
+            (resumed.step(1e-2, ours.clone(), grads(&ours)), fused.step(1e-2, ours.clone(), grads(&ours)));
+        a.weight
+            .val()
+            .into_data()
+            .assert_approx_eq::<f32>(&b.weight.val().into_data(), Tolerance::absolute(1e-7));
     }
 }

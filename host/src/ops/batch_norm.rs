@@ -169,7 +169,8 @@ pub(super) fn flex_train(
 ) -> Normalized<Flex> {
     let (x, gamma, beta) = (into_flex(x), into_flex(gamma), into_flex(beta));
     let dims = dims_of(&x);
-    let (y, saved, variance) = forward_train(&values(&x), &values(&gamma), &values(&beta), epsilon, relu, dims);
+    let (y, saved, variance) =
+        forward_train(&values(&x), &values(&gamma), &values(&beta), epsilon, relu, dims);
     Normalized {
         output: from_flex(tensor_of(y, dims)),
         mean: from_flex(tensor_of(saved.mean, [dims[1]])),
@@ -221,11 +222,21 @@ pub(super) fn autodiff_train(
 ) -> Normalized<Autodiff<Flex>> {
     let (x, gamma, beta) = (autodiff_parts(x), autodiff_parts(gamma), autodiff_parts(beta));
     let dims = dims_of(&x.primitive);
-    let (y, saved, variance) =
-        forward_train(&values(&x.primitive), &values(&gamma.primitive), &values(&beta.primitive), epsilon, relu, dims);
+    let (y, saved, variance) = forward_train(
+        &values(&x.primitive),
+        &values(&gamma.primitive),
+        &values(&beta.primitive),
+        epsilon,
+        relu,
+        dims,
+    );
     let (mean, y) = (saved.mean.clone(), tensor_of(y, dims));
     let nodes = [x.node, gamma.node, beta.node];
-    let output = recorded(BatchNormBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful(), (x.primitive, saved), y);
+    let output = recorded(
+        BatchNormBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful(),
+        (x.primitive, saved),
+        y,
+    );
     let constant = |v: Vec<f32>| Tensor::from_inner(from_flex(tensor_of(v, [dims[1]])));
     Normalized { output, mean: constant(mean), variance: constant(variance) }
 }
@@ -288,7 +299,10 @@ mod tests {
                 minus[i] -= eps;
                 let numeric = (f(&plus) - f(&minus)) / (2.0 * eps as f64);
                 let a = analytic[i] as f64;
-                assert!((numeric - a).abs() < 2e-2 * numeric.abs().max(1.0), "d{name}[{i}]: {a} against {numeric}");
+                assert!(
+                    (numeric - a).abs() < 2e-2 * numeric.abs().max(1.0),
+                    "d{name}[{i}]: {a} against {numeric}"
+                );
             }
         };
         check("x", &dx, &x, &|v| objective(v, &gamma, &beta));

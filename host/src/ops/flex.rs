@@ -78,7 +78,12 @@ impl TrainOps for Flex {
         batch_norm::flex_train(x, gamma, beta, epsilon, relu)
     }
 
-    fn channel_affine(x: Tensor<Self, 3>, scale: Tensor<Self, 1>, shift: Tensor<Self, 1>, relu: bool) -> Tensor<Self, 3> {
+    fn channel_affine(
+        x: Tensor<Self, 3>,
+        scale: Tensor<Self, 1>,
+        shift: Tensor<Self, 1>,
+        relu: bool,
+    ) -> Tensor<Self, 3> {
         batch_norm::flex_affine(x, scale, shift, relu)
     }
 

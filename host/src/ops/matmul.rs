@@ -12,7 +12,12 @@ pub struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "a {rows} × {cols} matrix needs {} values, has {}", rows * cols, data.len());
+        assert!(
+            data.len() >= rows * cols,
+            "a {rows} × {cols} matrix needs {} values, has {}",
+            rows * cols,
+            data.len()
+        );
         Matrix { data, rows, cols, transposed: false }
     }
 

@@ -117,7 +117,13 @@ pub fn conv2d<B: TrainOps>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     };
     match padding {
         Some(p) if conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1] => {
-            <B as TrainOps>::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), conv.stride[0], p)
+            <B as TrainOps>::conv2d(
+                x,
+                conv.weight.val(),
+                conv.bias.as_ref().map(|b| b.val()),
+                conv.stride[0],
+                p,
+            )
         }
         _ => conv.forward(x),
     }
@@ -126,7 +132,11 @@ pub fn conv2d<B: TrainOps>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// `bn` applied to `x` ([N, C, ...]), then ReLU when `relu`: with the batch's statistics when the
 /// backend records gradients (training), moving the running statistics toward them as burn's
 /// `BatchNorm` does; with the running statistics otherwise.
-pub fn batch_norm<B: TrainOps, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>, relu: bool) -> Tensor<B, D> {
+pub fn batch_norm<B: TrainOps, const D: usize>(
+    bn: &BatchNorm<B>,
+    x: Tensor<B, D>,
+    relu: bool,
+) -> Tensor<B, D> {
     let dims = x.dims();
     let (n, c) = (dims[0], dims[1]);
     let flat = x.reshape([n, c, dims[2..].iter().product()]);

@@ -89,7 +89,8 @@ pub fn backward(x: &[f32], theta: &[f32], dy: &[f32], [n, c, h, w]: Dims) -> (Ve
     let (half_w, half_h) = ((w - 1) as f32 / 2.0, (h - 1) as f32 / 2.0);
     dx.par_chunks_mut(c * plane).zip(dtheta.par_chunks_mut(6)).enumerate().for_each(|(img, (dx, dt))| {
         let t = &theta[img * 6..img * 6 + 6];
-        let (x, dy) = (&x[img * c * plane..(img + 1) * c * plane], &dy[img * c * plane..(img + 1) * c * plane]);
+        let (x, dy) =
+            (&x[img * c * plane..(img + 1) * c * plane], &dy[img * c * plane..(img + 1) * c * plane]);
         let mut sums = [0.0f64; 6];
         for p in 0..plane {
             let tap = tap(t, p / w, p % w, h, w);
@@ -148,7 +149,10 @@ impl Backward<Flex, 2> for SamplerBackward {
     }
 }
 
-pub(super) fn autodiff(x: Tensor<Autodiff<Flex>, 4>, theta: Tensor<Autodiff<Flex>, 3>) -> Tensor<Autodiff<Flex>, 4> {
+pub(super) fn autodiff(
+    x: Tensor<Autodiff<Flex>, 4>,
+    theta: Tensor<Autodiff<Flex>, 3>,
+) -> Tensor<Autodiff<Flex>, 4> {
     let (x, theta) = (autodiff_parts(x), autodiff_parts(theta));
     let dims = dims_of(&x.primitive);
     let y = tensor_of(forward(&values(&x.primitive), &values(&theta.primitive), dims), dims);
@@ -201,16 +205,21 @@ mod tests {
             let (mut plus, mut minus) = (theta.clone(), theta.clone());
             plus[i] += eps;
             minus[i] -= eps;
-            let numeric = (objective(&x, &plus, &probe, dims) - objective(&x, &minus, &probe, dims)) / (2.0 * eps as f64);
+            let numeric = (objective(&x, &plus, &probe, dims) - objective(&x, &minus, &probe, dims))
+                / (2.0 * eps as f64);
             let analytic = dtheta[i] as f64;
-            assert!((numeric - analytic).abs() <= 1e-2 * numeric.abs().max(1.0), "dθ[{i}]: {analytic} against {numeric}");
+            assert!(
+                (numeric - analytic).abs() <= 1e-2 * numeric.abs().max(1.0),
+                "dθ[{i}]: {analytic} against {numeric}"
+            );
         }
         // Linear in x: differences are exact up to rounding.
         for i in (0..size).step_by(7) {
             let (mut plus, mut minus) = (x.clone(), x.clone());
             plus[i] += eps;
             minus[i] -= eps;
-            let numeric = (objective(&plus, &theta, &probe, dims) - objective(&minus, &theta, &probe, dims)) / (2.0 * eps as f64);
+            let numeric = (objective(&plus, &theta, &probe, dims) - objective(&minus, &theta, &probe, dims))
+                / (2.0 * eps as f64);
             assert!((numeric - dx[i] as f64).abs() < 2e-2, "dx[{i}]: {} against {numeric}", dx[i]);
         }
     }
@@ -220,18 +229,26 @@ mod tests {
         let device = Default::default();
         let dims = [3, 4, 14, 14];
         // Rotations, zooms in and out, shifts that move part of the map outside.
-        let theta: Vec<f32> =
-            [[0.9f32, 0.2, 0.1, -0.15, 1.1, -0.2], [1.2, 0.0, 0.4, 0.0, 0.8, 0.3], [0.7, -0.3, -0.1, 0.3, 0.7, 0.05]]
-                .concat();
+        let theta: Vec<f32> = [
+            [0.9f32, 0.2, 0.1, -0.15, 1.1, -0.2],
+            [1.2, 0.0, 0.4, 0.0, 0.8, 0.3],
+            [0.7, -0.3, -0.1, 0.3, 0.7, 0.05],
+        ]
+        .concat();
         let x = Tensor::<Ad, 4>::random(dims, Distribution::Uniform(0.0, 1.0), &device).require_grad();
         let t = Tensor::<Ad, 3>::from_data(TensorData::new(theta, [3, 2, 3]), &device).require_grad();
         let ours = <Ad as TrainOps>::warp(x.clone(), t.clone());
         let theirs = reference::warp(x.clone(), t.clone());
-        ours.clone().into_data().assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(1e-5));
+        ours.clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(1e-5));
         let probe = Tensor::<Ad, 4>::random(dims, Distribution::Uniform(-1.0, 1.0), &device);
         let g_ours = (ours * probe.clone()).sum().backward();
         let g_theirs = (theirs * probe).sum().backward();
-        x.grad(&g_ours).unwrap().into_data().assert_approx_eq::<f32>(&x.grad(&g_theirs).unwrap().into_data(), Tolerance::absolute(1e-4));
+        x.grad(&g_ours)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(&x.grad(&g_theirs).unwrap().into_data(), Tolerance::absolute(1e-4));
         let (a, b) = (t.grad(&g_ours).unwrap(), t.grad(&g_theirs).unwrap());
         a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::rel_abs(1e-3, 1e-3));
     }

@@ -32,7 +32,9 @@ pub struct ConvBlock<B: Backend> {
 impl<B: Backend> ConvBlock<B> {
     fn new(inputs: usize, outputs: usize, device: &B::Device) -> Self {
         ConvBlock {
-            conv: Conv2dConfig::new([inputs, outputs], [3, 3]).with_padding(PaddingConfig2d::Same).init(device),
+            conv: Conv2dConfig::new([inputs, outputs], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(device),
             bn: BatchNormConfig::new(outputs).init(device),
         }
     }

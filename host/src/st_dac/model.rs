@@ -109,11 +109,19 @@ impl StDacConfig {
         };
         let (features, width) = match self.arch {
             Arch::Paper => {
-                let f = PaperFeatures::new(stn(StnPosition::Block2, 128, 14), stn(StnPosition::Block3, 256, 7), device);
+                let f = PaperFeatures::new(
+                    stn(StnPosition::Block2, 128, 14),
+                    stn(StnPosition::Block3, 256, 7),
+                    device,
+                );
                 (Features::Paper(f), PaperFeatures::<B>::WIDTH)
             }
             Arch::Edge => {
-                let f = EdgeFeatures::new(stn(StnPosition::Block2, 64, 14), stn(StnPosition::Block3, 128, 7), device);
+                let f = EdgeFeatures::new(
+                    stn(StnPosition::Block2, 64, 14),
+                    stn(StnPosition::Block3, 128, 7),
+                    device,
+                );
                 (Features::Edge(f), EdgeFeatures::<B>::WIDTH)
             }
         };
@@ -122,7 +130,8 @@ impl StDacConfig {
             features,
             dense: LinearConfig::new(width, self.dense_width).init(device),
             bn_dense: BatchNormConfig::new(self.dense_width).init(device),
-            dropout: (self.arch == Arch::Paper && self.dropout > 0.0).then(|| DropoutConfig::new(self.dropout).init()),
+            dropout: (self.arch == Arch::Paper && self.dropout > 0.0)
+                .then(|| DropoutConfig::new(self.dropout).init()),
             head: LinearConfig::new(self.dense_width, self.clusters).init(device),
         }
     }
@@ -246,14 +255,18 @@ mod tests {
     fn every_configuration_outputs_unit_non_negative_k_vectors() {
         let device = Default::default();
         let images = Tensor::<TrainBackend, 4>::random([3, 1, 28, 28], Distribution::Default, &device);
-        for stn in [
+        let configurations = [
             vec![],
             vec![StnPosition::Input],
             vec![StnPosition::Input, StnPosition::Block2],
             vec![StnPosition::Input, StnPosition::Block2, StnPosition::Block3],
-        ] {
+        ];
+        for (arch, stn) in
+            [Arch::Paper, Arch::Edge].into_iter().flat_map(|a| configurations.clone().map(|s| (a, s)))
+        {
             let with_input = stn.contains(&StnPosition::Input);
             let model = StDacConfig::new()
+                .with_arch(arch)
                 .with_stn(stn)
                 .with_dense_width(64)
                 .with_clusters(7)
@@ -268,5 +281,32 @@ mod tests {
             assert_eq!(out.theta.is_some(), with_input);
             assert_eq!(out.corrected.map(|c| c.dims()), with_input.then_some([3, 1, 28, 28]));
         }
+    }
+
+    #[test]
+    fn the_edge_network_fits_a_board() {
+        // Issue 14: at most 300,000 weights, none of its tensors above tract's folding budget.
+        use burn::module::{ModuleVisitor, Param};
+        struct Largest(usize);
+        impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for Largest {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0 = self.0.max(param.val().dims().iter().product());
+            }
+        }
+        let device = Default::default();
+        let all = vec![StnPosition::Input, StnPosition::Block2, StnPosition::Block3];
+        let edge = StDacConfig::new()
+            .with_arch(Arch::Edge)
+            .with_stn(all)
+            .with_dense_width(Arch::Edge.default_dense_width());
+        let model = edge.init::<Cpu>(&device);
+        let weights = model.num_params();
+        assert!(weights <= 300_000, "{weights} weights");
+        let mut largest = Largest(0);
+        model.visit(&mut largest);
+        assert!(largest.0 <= 1 << 20, "a tensor of {} values", largest.0);
+        let paper =
+            StDacConfig::new().with_stn(vec![StnPosition::Input, StnPosition::Block2]).init::<Cpu>(&device);
+        assert!(paper.num_params() > 100 * weights, "the paper network: {}", paper.num_params());
     }
 }
