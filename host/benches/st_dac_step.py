@@ -101,7 +101,7 @@ def conv_bn_relu(c_in, c_out):
 
 
 class Edge(nn.Module):
-    """The edge network: five 3x3 convolutions, global average pooling, dense 128, no dropout."""
+    """The edge network: five 3x3 convolutions, a last max-pool to 64 x 3 x 3, dense 128, no dropout."""
 
     def __init__(self, stn, clusters=10):
         super().__init__()
@@ -109,15 +109,15 @@ class Edge(nn.Module):
         self.block1 = nn.Sequential(conv_bn_relu(1, 32), conv_bn_relu(32, 32))  # [N, 32, 28, 28]
         self.block2 = nn.Sequential(conv_bn_relu(32, 64), conv_bn_relu(64, 64))  # [N, 64, 14, 14]
         self.stn_block2 = transformer(stn, "block2", 64, 14)
-        self.block3 = conv_bn_relu(64, 128)  # [N, 128, 7, 7]
-        self.stn_block3 = transformer(stn, "block3", 128, 7)
-        self.dense = nn.Sequential(nn.Linear(128, 128), nn.BatchNorm1d(128), nn.ReLU())
+        self.block3 = conv_bn_relu(64, 64)  # [N, 64, 7, 7]
+        self.stn_block3 = transformer(stn, "block3", 64, 7)
+        self.dense = nn.Sequential(nn.Linear(64 * 3 * 3, 128), nn.BatchNorm1d(128), nn.ReLU())
         self.head = nn.Linear(128, clusters)
 
     def forward(self, x):
         x = F.max_pool2d(self.block1(self.stn_input(x)), 2)
         x = F.max_pool2d(self.stn_block2(self.block2(x)), 2)
-        x = self.stn_block3(self.block3(x)).mean(dim=(2, 3))
+        x = F.max_pool2d(self.stn_block3(self.block3(x)), 2).flatten(1)  # [N, 576]
         return constraint(self.head(self.dense(x)))
 
 

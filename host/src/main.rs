@@ -224,7 +224,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "st-dac")]
     model: ModelKind,
     /// ST-DAC: the feature network: paper (the dissertation's, ~40 M weights) or edge (sized for a
-    /// board: ~160,000 weights, global average pooling).
+    /// board: ~220,000 weights, pooled to a 3 × 3 grid of 64 maps).
     #[arg(long, value_enum, default_value = "paper")]
     arch: Arch,
     /// ST-DAC: spatial transformers, comma-separated: input, block2, block3 (none by default).

@@ -58,8 +58,6 @@ pub enum Layer {
         height: usize,
         width: usize,
     },
-    /// [N, C, H, W] → [N, C]: the mean of each channel's map.
-    GlobalAveragePool,
     /// DAC's constraint layer on [N, k]: exp(x − max x), then L2-normalised per row.
     Constraint,
 }
@@ -210,10 +208,6 @@ impl GraphBuilder {
     pub fn float_op(&mut self, x: &str, layer: &Layer) -> String {
         match layer {
             Layer::Flatten => self.node("Flatten", &[x], vec![int("axis", 1)]),
-            Layer::GlobalAveragePool => {
-                let pooled = self.node("GlobalAveragePool", &[x], Vec::new());
-                self.node("Flatten", &[&pooled], vec![int("axis", 1)])
-            }
             Layer::Relu => self.node("Relu", &[x], Vec::new()),
             Layer::Tanh => self.node("Tanh", &[x], Vec::new()),
             Layer::MaxPool { size } => {

@@ -1,13 +1,16 @@
-//! The feature network sized for a board (`--arch edge`): five 3 × 3 convolutions of 32-32-64-64-128
-//! channels, each with BatchNorm and ReLU, 2 × 2 max-pools after the second and the fourth, and global
-//! average pooling into 128 features. The transformers sit where the paper network has them: block 2 on
-//! the 64 × 14 × 14 map before its pool, block 3 on the 128 × 7 × 7 map.
+//! The feature network sized for a board (`--arch edge`): five 3 × 3 convolutions of 32-32-64-64-64
+//! channels, each with BatchNorm and ReLU, and a 2 × 2 max-pool after the second, the fourth and the
+//! fifth, so 64 maps of 3 × 3 (576 features) feed the dense layer. The transformers sit where the paper
+//! network has them: block 2 on the 64 × 14 × 14 map before its pool, block 3 on the 64 × 7 × 7 map.
 //!
-//! About 160,000 weights with the dense layers (the paper network: 40 million), the largest tensor
-//! 73,728 values (64 × 128 × 3 × 3): each stays within tract's constant-folding budget of 1,048,576
-//! values, so a board keeps the int8 weights packed. Global pooling replaces the wide flatten: the
-//! features no longer say where in the frame a stroke sits, which the transformers and the
-//! augmentation make the network learn to ignore anyway.
+//! 223,526 weights with the input and block-2 transformers (the paper network: 39.3 million), the largest
+//! tensor the dense layer's 576 × 128 = 73,728 values: each stays within tract's constant-folding budget
+//! of 1,048,576 values, so a board keeps the int8 weights packed.
+//!
+//! Why a 3 × 3 grid and not global average pooling: with global pooling (128 channels, otherwise the
+//! same) DAC* learned far slower per image than the paper network on the same short run, and the grid
+//! faster (models/RESULTS.md, "The edge network"): the pairs' first labels seem to lean on where the
+//! strokes are.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -63,8 +66,8 @@ pub struct EdgeFeatures<B: Backend> {
 }
 
 impl<B: Backend> EdgeFeatures<B> {
-    /// Features per image: the last block's channels.
-    pub const WIDTH: usize = 128;
+    /// Features per image: the last block's 64 channels on a 3 × 3 grid.
+    pub const WIDTH: usize = 64 * 3 * 3;
 
     pub fn new(
         stn_block2: Option<SpatialTransformer<B>>,
@@ -77,7 +80,7 @@ impl<B: Backend> EdgeFeatures<B> {
             conv3: ConvBlock::new(32, 64, device),
             conv4: ConvBlock::new(64, 64, device),
             stn_block2,
-            conv5: ConvBlock::new(64, 128, device),
+            conv5: ConvBlock::new(64, 64, device),
             stn_block3,
             pool: MaxPool2dConfig::new([2, 2]).init(),
         }
@@ -99,7 +102,7 @@ impl<B: Backend> EdgeFeatures<B> {
         if let Some(stn) = &self.stn_block3 {
             layers.push(stn.export_layer(7, 7));
         }
-        layers.push(Layer::GlobalAveragePool);
+        layers.extend([Layer::MaxPool { size: 2 }, Layer::Flatten]);
         layers
     }
 }
@@ -113,11 +116,10 @@ impl<B: TrainOps> EdgeFeatures<B> {
         if let Some(stn) = &self.stn_block2 {
             x = stn.forward(x).0;
         }
-        let mut x = self.conv5.forward(self.pool.forward(x)); // [N, 128, 7, 7]
+        let mut x = self.conv5.forward(self.pool.forward(x)); // [N, 64, 7, 7]
         if let Some(stn) = &self.stn_block3 {
             x = stn.forward(x).0;
         }
-        let [n, c, h, w] = x.dims();
-        x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]) // [N, 128]
+        self.pool.forward(x).flatten(1, 3) // [N, 64 · 3 · 3]
     }
 }

@@ -26,7 +26,7 @@ pub enum StnPosition {
     Input,
     /// On the 14 × 14 map of the second block (128 channels in the paper network, 64 in the edge one).
     Block2,
-    /// On the 7 × 7 map of the third block (256 channels in the paper network, 128 in the edge one).
+    /// On the 7 × 7 map of the third block (256 channels in the paper network, 64 in the edge one).
     Block3,
 }
 
@@ -37,8 +37,8 @@ pub enum Arch {
     /// The dissertation's network (see [`PaperFeatures`]): 12,544 features flattened into a wide dense
     /// layer; tens of millions of weights.
     Paper,
-    /// A network sized for a board (see [`EdgeFeatures`]): five narrow convolutions and global average
-    /// pooling into 128 features; under 300,000 weights, none of its tensors above 1,048,576 values.
+    /// A network sized for a board (see [`EdgeFeatures`]): five narrow convolutions pooled to 64 maps of
+    /// 3 × 3; under 300,000 weights, none of its tensors above 1,048,576 values.
     Edge,
 }
 
@@ -119,7 +119,7 @@ impl StDacConfig {
             Arch::Edge => {
                 let f = EdgeFeatures::new(
                     stn(StnPosition::Block2, 64, 14),
-                    stn(StnPosition::Block3, 128, 7),
+                    stn(StnPosition::Block3, 64, 7),
                     device,
                 );
                 (Features::Edge(f), EdgeFeatures::<B>::WIDTH)
