@@ -193,15 +193,20 @@ pub struct Wanted {
     pub bias: bool,
 }
 
+/// The gradients a backward pass computed: each one `Wanted` asked for.
+#[derive(Debug, PartialEq)]
+pub struct Grads {
+    /// [N, C, H, W].
+    pub input: Option<Vec<f32>>,
+    /// [O, C, KH, KW].
+    pub weight: Option<Vec<f32>>,
+    /// [O].
+    pub bias: Option<Vec<f32>>,
+}
+
 /// The gradients of the convolution with respect to what `wanted` asks for, from the output's
-/// gradient `dy` ([N, O, OH, OW]): the input's ([N, C, H, W]), the weight's and the bias's.
-pub fn backward(
-    x: &[f32],
-    weight: &[f32],
-    dy: &[f32],
-    g: &Geometry,
-    wanted: Wanted,
-) -> (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>) {
+/// gradient `dy` ([N, O, OH, OW]).
+pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &Geometry, wanted: Wanted) -> Grads {
     let (patch, positions) = (g.patch(), g.positions());
     let per_out = g.out_channels * positions;
     let w = Matrix::new(weight, g.out_channels, patch);
@@ -264,11 +269,11 @@ pub fn backward(
         }
         total
     };
-    (
-        wanted.input.then_some(dx),
-        wanted.weight.then(|| sum_groups(partial_w, g.out_channels * patch)),
-        wanted.bias.then(|| sum_groups(partial_b, g.out_channels)),
-    )
+    Grads {
+        input: wanted.input.then_some(dx),
+        weight: wanted.weight.then(|| sum_groups(partial_w, g.out_channels * patch)),
+        bias: wanted.bias.then(|| sum_groups(partial_b, g.out_channels)),
+    }
 }
 
 type Ad = Autodiff<Flex>;
@@ -312,7 +317,8 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
         let parent = |i: usize| ops.parents.get(i).cloned().flatten();
         let (px, pw, pb) = (parent(0), parent(1), parent(2));
         let wanted = Wanted { input: px.is_some(), weight: pw.is_some(), bias: pb.is_some() };
-        let (dx, dw, db) = backward(&values(&x), &values(&weight), &values(&dy), &g, wanted);
+        let Grads { input: dx, weight: dw, bias: db } =
+            backward(&values(&x), &values(&weight), &values(&dy), &g, wanted);
         let [o, c, kh, kw] = [g.out_channels, g.in_channels, g.kernel[0], g.kernel[1]];
         if let (Some(node), Some(dx)) = (px, dx) {
             grads.register::<Flex>(node.id, tensor_of(dx, [g.batch, c, g.height, g.width]));
@@ -410,7 +416,7 @@ mod tests {
             forward(x, w, Some(b), &g).iter().zip(&probe).map(|(y, p)| (y * p) as f64).sum()
         };
         let all = Wanted { input: true, weight: true, bias: true };
-        let (dx, dw, db) = backward(&x, &w, &probe, &g, all);
+        let Grads { input: dx, weight: dw, bias: db } = backward(&x, &w, &probe, &g, all);
         let eps = 1e-2f32;
         let numeric = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
         for (name, analytic, base) in [("x", dx.unwrap(), &x), ("w", dw.unwrap(), &w), ("b", db.unwrap(), &b)]

@@ -85,7 +85,8 @@ pub struct StDacOutput<B: Backend> {
     pub corrected: Option<Tensor<B, 4>>,
 }
 
-/// The feature network, one of [`Arch`].
+/// The feature network, one of [`Arch`]. (One per model: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Features<B: Backend> {
     Paper(PaperFeatures<B>),
