@@ -158,6 +158,23 @@ fn col2im(col: &[f32], g: &Geometry, image: &mut [f32]) {
     }
 }
 
+/// One image's patch matrix: the image itself for a pointwise kernel, else built in `col`.
+fn patches<'a>(image: &'a [f32], g: &Geometry, col: &'a mut [f32]) -> &'a [f32] {
+    if g.pointwise() {
+        image
+    } else {
+        im2col(image, g, col);
+        col
+    }
+}
+
+/// `buffer` cut into one slice of `len` per group; all empty when the buffer is (a gradient not asked for).
+fn per_group(buffer: &mut [f32], len: usize, groups: usize) -> Vec<&mut [f32]> {
+    let mut chunks: Vec<&mut [f32]> = buffer.chunks_mut(len.max(1)).collect();
+    chunks.resize_with(groups, || &mut []);
+    chunks
+}
+
 /// The convolution of `x` ([N, C, H, W]) by `weight` ([O, C, KH, KW]) plus `bias`, as [N, O, OH, OW].
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (patch, positions) = (g.patch(), g.positions());
@@ -167,13 +184,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
     out.par_chunks_mut(per_image).enumerate().for_each_init(
         || vec![0.0f32; if g.pointwise() { 0 } else { patch * positions }],
         |col, (n, y)| {
-            let image = &x[n * g.image()..(n + 1) * g.image()];
-            let patches = if g.pointwise() {
-                image
-            } else {
-                im2col(image, g, col);
-                &col[..]
-            };
+            let patches = patches(&x[n * g.image()..(n + 1) * g.image()], g, col);
             matmul(w, Matrix::new(patches, patch, positions), y, false);
             if let Some(bias) = bias {
                 for (row, b) in y.chunks_mut(positions).zip(bias) {
@@ -215,21 +226,9 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &Geometry, wanted: Wan
     // One weight (and bias) gradient per group of images, each summed in image order.
     let mut partial_w = vec![0.0f32; if wanted.weight { groups * g.out_channels * patch } else { 0 }];
     let mut partial_b = vec![0.0f32; if wanted.bias { groups * g.out_channels } else { 0 }];
-    let dx_chunks: Vec<&mut [f32]> = if wanted.input {
-        dx.chunks_mut(GROUP * g.image()).collect()
-    } else {
-        (0..groups).map(|_| &mut [][..]).collect()
-    };
-    let w_chunks: Vec<&mut [f32]> = if wanted.weight {
-        partial_w.chunks_mut(g.out_channels * patch).collect()
-    } else {
-        (0..groups).map(|_| &mut [][..]).collect()
-    };
-    let b_chunks: Vec<&mut [f32]> = if wanted.bias {
-        partial_b.chunks_mut(g.out_channels).collect()
-    } else {
-        (0..groups).map(|_| &mut [][..]).collect()
-    };
+    let dx_chunks = per_group(&mut dx, GROUP * g.image(), groups);
+    let w_chunks = per_group(&mut partial_w, g.out_channels * patch, groups);
+    let b_chunks = per_group(&mut partial_b, g.out_channels, groups);
     dx_chunks.into_par_iter().zip(w_chunks).zip(b_chunks).enumerate().for_each(|(group, ((dx, dw), db))| {
         let mut col = vec![0.0f32; patch * positions];
         let first = group * GROUP;
@@ -237,13 +236,7 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &Geometry, wanted: Wan
             let dy_n = &dy[n * per_out..(n + 1) * per_out];
             let dy_m = Matrix::new(dy_n, g.out_channels, positions);
             if wanted.weight {
-                let image = &x[n * g.image()..(n + 1) * g.image()];
-                let patches = if g.pointwise() {
-                    image
-                } else {
-                    im2col(image, g, &mut col);
-                    &col[..]
-                };
+                let patches = patches(&x[n * g.image()..(n + 1) * g.image()], g, &mut col);
                 matmul(dy_m, Matrix::new(patches, patch, positions).t(), dw, n > first);
             }
             if wanted.bias {
