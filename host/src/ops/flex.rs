@@ -10,7 +10,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
-use super::{adam, batch_norm, conv, sampler, AdamStep, Normalized, TrainOps};
+use super::{adam, batch_norm, conv, pool, sampler, AdamStep, Normalized, TrainOps};
 
 /// The tensor's values, in order (borrowed when it is laid out contiguously already).
 pub fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
@@ -87,6 +87,10 @@ impl TrainOps for Flex {
         batch_norm::flex_affine(x, scale, shift, relu)
     }
 
+    fn max_pool2x2(x: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        pool::flex(x)
+    }
+
     fn warp(x: Tensor<Self, 4>, theta: Tensor<Self, 3>) -> Tensor<Self, 4> {
         sampler::flex(x, theta)
     }
@@ -120,6 +124,10 @@ impl TrainOps for Autodiff<Flex> {
         relu: bool,
     ) -> Normalized<Self> {
         batch_norm::autodiff_train(x, gamma, beta, epsilon, relu)
+    }
+
+    fn max_pool2x2(x: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        pool::autodiff(x)
     }
 
     fn warp(x: Tensor<Self, 4>, theta: Tensor<Self, 3>) -> Tensor<Self, 4> {

@@ -5,21 +5,23 @@
 //! [`TrainOps`] is a backend extension (the burn book's "backend extension" pattern): every backend
 //! gets each operation as a composition of burn's own tensor operations (the reference, in
 //! [`reference`]); the CPU backend (`Flex`) and its autodiff form override them with kernels of their
-//! own ([`conv`], [`batch_norm`], [`sampler`], [`adam`]), each with an analytic backward pass. The CUDA
+//! own ([`conv`], [`batch_norm`], [`pool`], [`sampler`], [`adam`]), each with an analytic backward pass. The CUDA
 //! backend keeps the reference.
 //!
-//! The layers call them through [`conv2d`], [`batch_norm`] and [`warp`], which take burn's modules
-//! (`Conv2d`, `BatchNorm`) as they are, so checkpoints and the ONNX exporter see the same records.
+//! The layers call them through [`conv2d`], [`batch_norm`], [`max_pool2d`] and [`warp`], which take
+//! burn's modules (`Conv2d`, `BatchNorm`, `MaxPool2d`) as they are, so checkpoints and the ONNX exporter see the same records.
 
 pub mod adam;
 pub mod batch_norm;
 pub mod conv;
 mod flex;
 mod matmul;
+pub mod pool;
 pub mod reference;
 pub mod sampler;
 
 use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -80,6 +82,11 @@ pub trait TrainOps: Backend {
         relu: bool,
     ) -> Tensor<Self, 3> {
         reference::channel_affine(x, scale, shift, relu)
+    }
+
+    /// The 2 × 2 max-pool with stride 2 and no padding of `x` ([N, C, H, W]): [N, C, H/2, W/2].
+    fn max_pool2x2(x: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        reference::max_pool2x2(x)
     }
 
     /// `x` ([N, C, H, W]) resampled through the affine `theta` ([N, 2, 3]): bilinear, zeros outside,
@@ -157,6 +164,21 @@ pub fn batch_norm<B: TrainOps, const D: usize>(
         B::channel_affine(flat, scale, shift, relu)
     };
     output.reshape(dims)
+}
+
+/// `pool` applied to `x`: through [`TrainOps::max_pool2x2`] when it is that pool, burn's own forward
+/// otherwise.
+pub fn max_pool2d<B: TrainOps>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let two_by_two = pool.kernel_size == [2, 2]
+        && pool.stride == [2, 2]
+        && pool.dilation == [1, 1]
+        && !pool.ceil_mode
+        && matches!(pool.padding, PaddingConfig2d::Valid);
+    if two_by_two {
+        B::max_pool2x2(x)
+    } else {
+        pool.forward(x)
+    }
 }
 
 /// `x` resampled through `theta` (see [`TrainOps::warp`]).

@@ -111,15 +111,15 @@ impl<B: TrainOps> EdgeFeatures<B> {
     /// [N, 1, 28, 28] → [N, 128].
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.conv2.forward(self.conv1.forward(x)); // [N, 32, 28, 28]
-        let x = self.pool.forward(x); // [N, 32, 14, 14]
+        let x = ops::max_pool2d(&self.pool, x); // [N, 32, 14, 14]
         let mut x = self.conv4.forward(self.conv3.forward(x)); // [N, 64, 14, 14]
         if let Some(stn) = &self.stn_block2 {
             x = stn.forward(x).0;
         }
-        let mut x = self.conv5.forward(self.pool.forward(x)); // [N, 64, 7, 7]
+        let mut x = self.conv5.forward(ops::max_pool2d(&self.pool, x)); // [N, 64, 7, 7]
         if let Some(stn) = &self.stn_block3 {
             x = stn.forward(x).0;
         }
-        self.pool.forward(x).flatten(1, 3) // [N, 64 · 3 · 3]
+        ops::max_pool2d(&self.pool, x).flatten(1, 3) // [N, 64 · 3 · 3]
     }
 }

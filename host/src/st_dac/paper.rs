@@ -90,12 +90,12 @@ impl<B: TrainOps> PaperFeatures<B> {
     /// [N, 1, 28, 28] → [N, 12544].
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = ops::batch_norm(&self.bn1, ops::conv2d(&self.conv1, x), true); // [N, 64, 28, 28]
-        let x = ops::batch_norm(&self.bn1_pool, self.pool.forward(x), false); // [N, 64, 14, 14]
+        let x = ops::batch_norm(&self.bn1_pool, ops::max_pool2d(&self.pool, x), false); // [N, 64, 14, 14]
         let mut x = ops::batch_norm(&self.bn2, ops::conv2d(&self.conv2, x), true); // [N, 128, 14, 14]
         if let Some(stn) = &self.stn_block2 {
             x = stn.forward(x).0;
         }
-        let x = ops::batch_norm(&self.bn2_pool, self.pool.forward(x), false); // [N, 128, 7, 7]
+        let x = ops::batch_norm(&self.bn2_pool, ops::max_pool2d(&self.pool, x), false); // [N, 128, 7, 7]
         let mut x = ops::batch_norm(&self.bn3, ops::conv2d(&self.conv3, x), true); // [N, 256, 7, 7]
         if let Some(stn) = &self.stn_block3 {
             x = stn.forward(x).0;

@@ -94,7 +94,7 @@ impl<B: TrainOps> SpatialTransformer<B> {
         let mut h = x;
         for stage in &self.stages {
             if let Some(pool) = &stage.pool {
-                h = pool.forward(h);
+                h = ops::max_pool2d(pool, h);
             }
             h = tanh(ops::conv2d(&stage.conv, h));
         }
