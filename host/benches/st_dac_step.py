@@ -9,13 +9,14 @@ transformer positions among input,block2,block3 (default input,block2), or `none
 
 usage: st_dac_step.py IMAGES.f32 N STEPS THREADS [cpu|cuda] [paper|edge] [STN]
 prints the network's parameter count to stderr, and one JSON line:
-{"images_per_s": ..., "step_ms": ..., "torch": ..., "threads": ..., "device": ..., "arch": ..., "stn": [...],
+{"images_per_s": ..., "step_ms": ... (the median step), "torch": ..., "threads": ..., "device": ..., "arch": ..., "stn": [...],
  "peak_rss_mib": ...}
 """
 
 import json
 import math
 import resource
+import statistics
 import sys
 import time
 
@@ -177,10 +178,12 @@ def main():
         return loss.item()
 
     step()  # warm-up, as the Rust side does
-    started = time.perf_counter()
+    times = []
     for _ in range(steps):
+        started = time.perf_counter()
         step()  # loss.item() waits for the device, as into_scalar does on the Rust side
-    seconds = (time.perf_counter() - started) / steps
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)  # the median step, as the Rust side reports
     print(json.dumps({"images_per_s": n / seconds, "step_ms": 1e3 * seconds, "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "device": device, "arch": arch, "stn": stn,
                       # ru_maxrss is in KiB on Linux: the process's peak resident memory.

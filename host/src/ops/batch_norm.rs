@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values};
+use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values, zeros};
 use super::Normalized;
 
 /// [N, C, S].
@@ -65,7 +65,7 @@ pub fn statistics(x: &[f32], [n, c, s]: Dims) -> (Vec<f32>, Vec<f32>) {
 
 /// x · scale + shift per channel, then ReLU when `relu`.
 pub fn affine(x: &[f32], scale: &[f32], shift: &[f32], relu: bool, [_, c, s]: Dims) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(c * s).zip(x.par_chunks(c * s)).for_each(|(y, x)| {
         for ((y, x), (a, b)) in y.chunks_mut(s).zip(x.chunks(s)).zip(scale.iter().zip(shift)) {
             if relu {
@@ -142,7 +142,7 @@ pub fn backward(x: &[f32], dy: &[f32], saved: &Saved) -> (Vec<f32>, Vec<f32>, Ve
         })
         .unzip();
     let count = (n * s) as f32;
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = zeros(x.len());
     dx.par_chunks_mut(c * s).zip(x.par_chunks(c * s)).zip(dy.par_chunks(c * s)).for_each(|((dx, x), dy)| {
         for ch in 0..c {
             let (m, inv, a, b) = (saved.mean[ch], saved.inv_std[ch], scale[ch], shift[ch]);

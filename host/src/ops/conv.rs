@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values};
+use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values, zeros};
 use super::matmul::{matmul, Matrix};
 
 /// Images whose weight gradients are summed together before the groups are.
@@ -179,7 +179,7 @@ fn per_group(buffer: &mut [f32], len: usize, groups: usize) -> Vec<&mut [f32]> {
 pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (patch, positions) = (g.patch(), g.positions());
     let per_image = g.out_channels * positions;
-    let mut out = vec![0.0f32; g.batch * per_image];
+    let mut out = zeros(g.batch * per_image);
     let w = Matrix::new(weight, g.out_channels, patch);
     out.par_chunks_mut(per_image).enumerate().for_each_init(
         || vec![0.0f32; if g.pointwise() { 0 } else { patch * positions }],
@@ -221,7 +221,7 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &Geometry, wanted: Wan
     let (patch, positions) = (g.patch(), g.positions());
     let per_out = g.out_channels * positions;
     let w = Matrix::new(weight, g.out_channels, patch);
-    let mut dx = vec![0.0f32; if wanted.input { g.batch * g.image() } else { 0 }];
+    let mut dx = zeros(if wanted.input { g.batch * g.image() } else { 0 });
     let groups = g.batch.div_ceil(GROUP);
     // One weight (and bias) gradient per group of images, each summed in image order.
     let mut partial_w = vec![0.0f32; if wanted.weight { groups * g.out_channels * patch } else { 0 }];

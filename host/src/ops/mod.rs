@@ -5,10 +5,10 @@
 //! [`TrainOps`] is a backend extension (the burn book's "backend extension" pattern): every backend
 //! gets each operation as a composition of burn's own tensor operations (the reference, in
 //! [`reference`]); the CPU backend (`Flex`) and its autodiff form override them with kernels of their
-//! own ([`conv`], [`batch_norm`], [`pool`], [`sampler`], [`adam`]), each with an analytic backward pass. The CUDA
+//! own ([`conv`], [`batch_norm`], [`pool`], [`tanh`], [`sampler`], [`adam`]), each with an analytic backward pass. The CUDA
 //! backend keeps the reference.
 //!
-//! The layers call them through [`conv2d`], [`batch_norm`], [`max_pool2d`] and [`warp`], which take
+//! The layers call them through [`conv2d`], [`batch_norm`], [`max_pool2d`], [`tanh`] and [`warp`], which take
 //! burn's modules (`Conv2d`, `BatchNorm`, `MaxPool2d`) as they are, so checkpoints and the ONNX exporter see the same records.
 
 pub mod adam;
@@ -19,6 +19,7 @@ mod matmul;
 pub mod pool;
 pub mod reference;
 pub mod sampler;
+pub mod tanh;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
@@ -87,6 +88,11 @@ pub trait TrainOps: Backend {
     /// The 2 × 2 max-pool with stride 2 and no padding of `x` ([N, C, H, W]): [N, C, H/2, W/2].
     fn max_pool2x2(x: Tensor<Self, 4>) -> Tensor<Self, 4> {
         reference::max_pool2x2(x)
+    }
+
+    /// tanh of every value of `x`.
+    fn tanh<const D: usize>(x: Tensor<Self, D>) -> Tensor<Self, D> {
+        reference::tanh(x)
     }
 
     /// `x` ([N, C, H, W]) resampled through the affine `theta` ([N, 2, 3]): bilinear, zeros outside,
@@ -179,6 +185,11 @@ pub fn max_pool2d<B: TrainOps>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4
     } else {
         pool.forward(x)
     }
+}
+
+/// tanh of `x` (see [`TrainOps::tanh`]).
+pub fn tanh<B: TrainOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    B::tanh(x)
 }
 
 /// `x` resampled through `theta` (see [`TrainOps::warp`]).

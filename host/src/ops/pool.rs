@@ -1,9 +1,10 @@
 //! The 2 × 2 max-pool with stride 2 (every pool of both networks and of the transformers' localization
 //! nets), forward and backward.
 //!
-//! Each output is the largest of its window's four values, the first of them in row-major order on a
-//! tie (burn's rule); an odd last row or column is left out (floor). Backward sends each output's
-//! gradient to that same value, found again from the input rather than kept as indices. burn-flex's
+//! Each output is the largest of its window's four values; an odd last row or column is left out
+//! (floor). Backward sends each output's gradient to that value, the first of them in row-major order
+//! on a tie (burn's rule; ties are common after a ReLU), found again from the input rather than kept
+//! as indices. burn-flex's
 //! own pool is a general one (any kernel, padding, dilation, three dimensions, with indices under
 //! autodiff) and took a sixth of an edge-network step in a profile (models/RESULTS.md); this one is a
 //! single pass over the map. Planes are spread over the threads.
@@ -17,7 +18,7 @@ use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values};
+use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values, zeros};
 
 /// [N, C, H, W] of the input.
 type Dims = [usize; 4];
@@ -32,37 +33,35 @@ fn planes_per_task(plane: usize) -> usize {
     (4096 / plane.max(1)).max(1)
 }
 
-/// Which of the window's four values (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) is
-/// the largest, the first on a tie.
+/// The rows of output row `oy` on one plane of width `w`: the window's top and bottom input rows, cut
+/// to the `2 · ow` columns the pool reads.
 #[inline]
-fn argmax(v: [f32; 4]) -> usize {
-    let mut best = 0;
-    for k in 1..4 {
-        if v[k] > v[best] {
-            best = k;
-        }
-    }
-    best
+fn rows(plane: &[f32], w: usize, ow: usize, oy: usize) -> (&[f32], &[f32]) {
+    (&plane[2 * oy * w..][..2 * ow], &plane[(2 * oy + 1) * w..][..2 * ow])
 }
 
-/// The window of output (oy, ox) on one plane of width `w`.
+/// For a window's four values (top-left, top-right, bottom-left, bottom-right): which one is the first
+/// largest in that order, as a mask. Written without branches: on ReLU outputs the winner is random.
 #[inline]
-fn window(plane: &[f32], w: usize, oy: usize, ox: usize) -> [f32; 4] {
-    let (top, bottom) = (2 * oy * w + 2 * ox, (2 * oy + 1) * w + 2 * ox);
-    [plane[top], plane[top + 1], plane[bottom], plane[bottom + 1]]
+fn first_largest(v: [f32; 4]) -> [bool; 4] {
+    let m = v[0].max(v[1]).max(v[2].max(v[3]));
+    let a = v[0] == m;
+    let b = !a & (v[1] == m);
+    let c = !a & !b & (v[2] == m);
+    [a, b, c, !a & !b & !c]
 }
 
 pub fn forward(x: &[f32], dims: Dims) -> Vec<f32> {
     let [_, _, h, w] = dims;
     let [n, c, oh, ow] = pooled(dims);
-    let mut out = vec![0.0f32; n * c * oh * ow];
+    let mut out = zeros(n * c * oh * ow);
     let per_task = planes_per_task(h * w);
     out.par_chunks_mut(per_task * oh * ow).zip(x.par_chunks(per_task * h * w)).for_each(|(out, x)| {
         for (out, plane) in out.chunks_mut(oh * ow).zip(x.chunks(h * w)) {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let v = window(plane, w, oy, ox);
-                    out[oy * ow + ox] = v[argmax(v)];
+            for (oy, out) in out.chunks_mut(ow).enumerate() {
+                let (top, bottom) = rows(plane, w, ow, oy);
+                for ((o, t), b) in out.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                    *o = t[0].max(t[1]).max(b[0].max(b[1]));
                 }
             }
         }
@@ -74,15 +73,21 @@ pub fn forward(x: &[f32], dims: Dims) -> Vec<f32> {
 pub fn backward(x: &[f32], dy: &[f32], dims: Dims) -> Vec<f32> {
     let [_, _, h, w] = dims;
     let [_, _, oh, ow] = pooled(dims);
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = zeros(x.len());
     let per_task = planes_per_task(h * w);
     let tasks = dx.par_chunks_mut(per_task * h * w).zip(x.par_chunks(per_task * h * w));
     tasks.zip(dy.par_chunks(per_task * oh * ow)).for_each(|((dx, x), dy)| {
         for ((dx, plane), dy) in dx.chunks_mut(h * w).zip(x.chunks(h * w)).zip(dy.chunks(oh * ow)) {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let k = argmax(window(plane, w, oy, ox));
-                    dx[(2 * oy + k / 2) * w + 2 * ox + k % 2] = dy[oy * ow + ox];
+            for (oy, dy) in dy.chunks(ow).enumerate() {
+                let (top, bottom) = rows(plane, w, ow, oy);
+                let (dx_top, rest) = dx[2 * oy * w..].split_at_mut(w);
+                let (dx_top, dx_bottom) = (&mut dx_top[..2 * ow], &mut rest[..2 * ow]);
+                let outputs = dy.iter().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2));
+                let grads = dx_top.chunks_exact_mut(2).zip(dx_bottom.chunks_exact_mut(2));
+                for (((g, t), b), (dt, db)) in outputs.zip(grads) {
+                    let [k0, k1, k2, k3] = first_largest([t[0], t[1], b[0], b[1]]);
+                    let pass = |k: bool| if k { *g } else { 0.0 };
+                    (dt[0], dt[1], db[0], db[1]) = (pass(k0), pass(k1), pass(k2), pass(k3));
                 }
             }
         }

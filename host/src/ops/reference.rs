@@ -23,6 +23,10 @@ pub fn max_pool2x2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     module::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false)
 }
 
+pub fn tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::tanh(x)
+}
+
 /// The per-channel (dim 1) mean of `x` ([N, C, S]) over N and S, as [C].
 fn channel_mean<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 1> {
     let [n, c, s] = x.dims();

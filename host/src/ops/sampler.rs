@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values};
+use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_of, values, zeros};
 
 /// [N, C, H, W].
 type Dims = [usize; 4];
@@ -68,7 +68,7 @@ fn tap(theta: &[f32], i: usize, j: usize, h: usize, w: usize) -> Tap {
 /// `x` ([N, C, H, W]) resampled through `theta` ([N, 6], row-major 2 × 3 per image).
 pub fn forward(x: &[f32], theta: &[f32], [n, c, h, w]: Dims) -> Vec<f32> {
     let plane = h * w;
-    let mut out = vec![0.0f32; n * c * plane];
+    let mut out = zeros(n * c * plane);
     out.par_chunks_mut(c * plane).enumerate().for_each(|(img, out)| {
         let t = &theta[img * 6..img * 6 + 6];
         let taps: Vec<Tap> = (0..plane).map(|p| tap(t, p / w, p % w, h, w)).collect();
@@ -84,7 +84,7 @@ pub fn forward(x: &[f32], theta: &[f32], [n, c, h, w]: Dims) -> Vec<f32> {
 /// The gradients of the map ([N, C, H, W]) and of θ ([N, 6]) from the output's gradient `dy`.
 pub fn backward(x: &[f32], theta: &[f32], dy: &[f32], [n, c, h, w]: Dims) -> (Vec<f32>, Vec<f32>) {
     let plane = h * w;
-    let mut dx = vec![0.0f32; n * c * plane];
+    let mut dx = zeros(n * c * plane);
     let mut dtheta = vec![0.0f32; n * 6];
     let (half_w, half_h) = ((w - 1) as f32 / 2.0, (h - 1) as f32 / 2.0);
     dx.par_chunks_mut(c * plane).zip(dtheta.par_chunks_mut(6)).enumerate().for_each(|(img, (dx, dt))| {

@@ -18,7 +18,6 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::tanh;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -96,12 +95,12 @@ impl<B: TrainOps> SpatialTransformer<B> {
             if let Some(pool) = &stage.pool {
                 h = ops::max_pool2d(pool, h);
             }
-            h = tanh(ops::conv2d(&stage.conv, h));
+            h = ops::tanh(ops::conv2d(&stage.conv, h));
         }
-        let h = tanh(self.hidden.forward(h.flatten(1, 3)));
+        let h = ops::tanh(self.hidden.forward(h.flatten(1, 3)));
         let mut delta = self.theta.forward(h);
         if self.final_tanh {
-            delta = tanh(delta);
+            delta = ops::tanh(delta);
         }
         let n = delta.dims()[0];
         let identity = Tensor::<B, 1>::from_floats([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], &delta.device());
