@@ -146,7 +146,9 @@ mod tests {
             let x = Tensor::<Ad, 4>::random(dims, Distribution::Uniform(-1.0, 1.0), &device).require_grad();
             let ours = <Ad as TrainOps>::max_pool2x2(x.clone());
             let theirs = reference::max_pool2x2(x.clone());
-            ours.clone().into_data().assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(0.0));
+            ours.clone()
+                .into_data()
+                .assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(0.0));
             let probe = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Uniform(-1.0, 1.0), &device);
             let g_ours = (ours * probe.clone()).sum().backward();
             let g_theirs = (theirs * probe).sum().backward();
@@ -158,8 +160,9 @@ mod tests {
     #[test]
     fn a_tie_sends_the_gradient_to_the_first_value_as_burn_does() {
         let device = Default::default();
-        let x = Tensor::<Ad, 4>::from_data(TensorData::new(vec![1.0f32, 3.0, 3.0, 3.0], [1, 1, 2, 2]), &device)
-            .require_grad();
+        let x =
+            Tensor::<Ad, 4>::from_data(TensorData::new(vec![1.0f32, 3.0, 3.0, 3.0], [1, 1, 2, 2]), &device)
+                .require_grad();
         let y = <Ad as TrainOps>::max_pool2x2(x.clone());
         let theirs = reference::max_pool2x2(x.clone());
         let (g, g_theirs) = (y.sum().backward(), theirs.sum().backward());

@@ -82,7 +82,9 @@ mod tests {
             let x = Tensor::<Ad, 4>::random(dims, Distribution::Uniform(-3.0, 3.0), &device).require_grad();
             let ours = <Ad as TrainOps>::tanh(x.clone());
             let theirs = reference::tanh(x.clone());
-            ours.clone().into_data().assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(1e-6));
+            ours.clone()
+                .into_data()
+                .assert_approx_eq::<f32>(&theirs.clone().into_data(), Tolerance::absolute(1e-6));
             let probe = Tensor::<Ad, 4>::random(dims, Distribution::Uniform(-1.0, 1.0), &device);
             let g_ours = (ours * probe.clone()).sum().backward();
             let g_theirs = (theirs * probe).sum().backward();
@@ -95,7 +97,8 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let x: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) / 30.0).collect();
         let probe: Vec<f32> = (0..200).map(|i| ((i * 11 % 19) as f32 - 9.0) / 9.0).collect();
-        let objective = |x: &[f32]| -> f64 { forward(x).iter().zip(&probe).map(|(y, p)| (y * p) as f64).sum() };
+        let objective =
+            |x: &[f32]| -> f64 { forward(x).iter().zip(&probe).map(|(y, p)| (y * p) as f64).sum() };
         let dx = backward(&forward(&x), &probe);
         let eps = 1e-3f32;
         for i in 0..x.len() {
