@@ -32,9 +32,8 @@ mod torch_peer;
 
 const STN: [StnPosition; 2] = [StnPosition::Input, StnPosition::Block2];
 
-/// Timed steps per case (after one warm-up step): about the same number of images at either batch.
-/// Each side reports its median step, so a neighbour's burst on a shared host moves one step, not the
-/// figure.
+/// Timed steps per case, after one warm-up step. Each side reports its median step, so a neighbour's
+/// burst on a shared host moves one step, not the figure.
 fn steps(batch: usize) -> usize {
     if batch >= 256 {
         9
@@ -98,8 +97,8 @@ fn measure(mnist: &Dataset, arch: Arch, batch: usize, steps: usize) -> Measured 
     (model, _) = train_step(model, &mut optimizer, images(), &config, thresholds, &mut rng);
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let (started, step);
-        started = Instant::now();
+        let started = Instant::now();
+        let step;
         (model, step) = train_step(model, &mut optimizer, images(), &config, thresholds, &mut rng);
         times.push(started.elapsed().as_secs_f64());
         assert!(step.loss.is_finite(), "the loss stays finite");

@@ -39,7 +39,7 @@ pub fn device() -> anyhow::Result<Device> {
 ///
 /// A step allocates and frees the same tensors every time, tens of MB each at batch 256. By default
 /// glibc serves each by a fresh `mmap` and returns it with `munmap`, so the kernel zero-fills every
-/// page again on first touch: a quarter of an edge-network step (page faults and unmapping, in a perf
+/// page again on first touch: a fifth of an edge-network step (page faults and unmapping, in a perf
 /// profile, models/RESULTS.md). Raising the mmap threshold and the trim threshold keeps freed blocks in
 /// the heap, where the next step finds them; the peak memory stays what the step needs.
 #[cfg(not(feature = "cuda"))]

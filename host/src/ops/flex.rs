@@ -23,7 +23,7 @@ pub fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
 }
 
 /// `len` zeros, written by the threads: a big output's memset (and, on fresh memory, its first-touch
-/// page faults) would otherwise run on the calling thread alone while the others wait (a sixth of the
+/// page faults) would otherwise run on the calling thread alone while the others wait (a fifth of the
 /// main thread's time in an edge-network step's profile).
 pub fn zeros(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);

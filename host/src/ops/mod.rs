@@ -5,11 +5,12 @@
 //! [`TrainOps`] is a backend extension (the burn book's "backend extension" pattern): every backend
 //! gets each operation as a composition of burn's own tensor operations (the reference, in
 //! [`reference`]); the CPU backend (`Flex`) and its autodiff form override them with kernels of their
-//! own ([`conv`], [`batch_norm`], [`pool`], [`tanh`], [`sampler`], [`adam`]), each with an analytic backward pass. The CUDA
-//! backend keeps the reference.
+//! own ([`conv`], [`batch_norm`], [`pool`], [`tanh`], [`sampler`], [`adam`]), each with an analytic
+//! backward pass. The CUDA backend keeps the reference.
 //!
-//! The layers call them through [`conv2d`], [`batch_norm`], [`max_pool2d`], [`tanh`] and [`warp`], which take
-//! burn's modules (`Conv2d`, `BatchNorm`, `MaxPool2d`) as they are, so checkpoints and the ONNX exporter see the same records.
+//! The layers call them through [`conv2d`], [`batch_norm`], [`max_pool2d`], [`tanh`] and [`warp`],
+//! which take burn's modules (`Conv2d`, `BatchNorm`, `MaxPool2d`) as they are, so checkpoints and the
+//! ONNX exporter see the same records.
 
 pub mod adam;
 pub mod batch_norm;

@@ -1,6 +1,6 @@
 //! tanh, element-wise, forward and backward (∂x = ∂y · (1 − y²), from the kept output), spread over
 //! the threads. burn-flex runs its tanh on the calling thread: the localization nets' activations
-//! took 6 % of an edge-network step there, on one core while the other waited (models/RESULTS.md).
+//! took about 6 % of an edge-network step's time there, on one core while the other waited (models/RESULTS.md).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
