@@ -36,6 +36,11 @@ pub fn tensor_of<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTen
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// A tensor of `like`'s shape holding `values` (for element-wise ops of any rank).
+pub fn tensor_like(like: &FlexTensor, values: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, like.layout().shape().clone()))
+}
+
 pub fn into_flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor()
 }

@@ -4,10 +4,9 @@
 //! Each output is the largest of its window's four values; an odd last row or column is left out
 //! (floor). Backward sends each output's gradient to that value, the first of them in row-major order
 //! on a tie (burn's rule; ties are common after a ReLU), found again from the input rather than kept
-//! as indices. burn-flex's
-//! own pool is a general one (any kernel, padding, dilation, three dimensions, with indices under
-//! autodiff) and took a sixth of an edge-network step in a profile (models/RESULTS.md); this one is a
-//! single pass over the map. Planes are spread over the threads.
+//! as indices. burn-flex's own pool is a general one (any kernel, padding, dilation, three dimensions,
+//! with indices under autodiff) and took a sixth of an edge-network step in a profile
+//! (models/RESULTS.md); this one is a single pass over the map. Planes are spread over the threads.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;

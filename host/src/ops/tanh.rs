@@ -1,6 +1,7 @@
 //! tanh, element-wise, forward and backward (∂x = ∂y · (1 − y²), from the kept output), spread over
 //! the threads. burn-flex runs its tanh on the calling thread: the localization nets' activations
-//! took about 6 % of an edge-network step's time there, on one core while the other waited (models/RESULTS.md).
+//! took about 6 % of an edge-network step's time there, on one core while the other waited
+//! (models/RESULTS.md).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -11,7 +12,7 @@ use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::flex::{autodiff_parts, from_flex, into_flex, recorded, values, zeros};
+use super::flex::{autodiff_parts, from_flex, into_flex, recorded, tensor_like, values, zeros};
 
 /// Values per parallel task.
 const CHUNK: usize = 4096;
@@ -33,14 +34,9 @@ pub fn backward(y: &[f32], dy: &[f32]) -> Vec<f32> {
     dx
 }
 
-fn with_values(t: &FlexTensor, values: Vec<f32>) -> FlexTensor {
-    let shape = t.layout().shape().clone();
-    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
-}
-
 pub(super) fn flex<const D: usize>(x: Tensor<Flex, D>) -> Tensor<Flex, D> {
     let x = into_flex(x);
-    from_flex(with_values(&x, forward(&values(&x))))
+    from_flex(tensor_like(&x, forward(&values(&x))))
 }
 
 #[derive(Debug)]
@@ -54,14 +50,14 @@ impl Backward<Flex, 1> for TanhBackward {
         let y = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
         if let [Some(node)] = ops.parents {
-            grads.register::<Flex>(node.id, with_values(&y, backward(&values(&y), &values(&dy))));
+            grads.register::<Flex>(node.id, tensor_like(&y, backward(&values(&y), &values(&dy))));
         }
     }
 }
 
 pub(super) fn autodiff<const D: usize>(x: Tensor<Autodiff<Flex>, D>) -> Tensor<Autodiff<Flex>, D> {
     let x = autodiff_parts(x);
-    let y = with_values(&x.primitive, forward(&values(&x.primitive)));
+    let y = tensor_like(&x.primitive, forward(&values(&x.primitive)));
     let prep = TanhBackward.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful();
     recorded(prep, y.clone(), y)
 }
